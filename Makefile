@@ -1,0 +1,41 @@
+# Two commands for users: `make demo` and `make test`. Each creates .venv when missing and
+# installs torch==2.13.0 (the CPU wheel) BEFORE lowbit, so pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned; then lowbit with its extras. The stamp makes reruns instant.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[dev,gguf,report]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lowbit explain --bits 3 --range 2 1.1 2.4 -0.3 0.8
+	$(VENV)/bin/lowbit explain --bits 3 --asymmetric --min -0.5 --max 2 1.1 2.4 -0.3 0.8
+	$(VENV)/bin/lowbit size --params 1e9
+
+# The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q -n 2
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_quantize.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
