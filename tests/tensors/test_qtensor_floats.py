@@ -1,0 +1,48 @@
+"""Float8Tensor and FloatCastTensor: exact agreement with formats.floats, round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.errors import InvalidSpecError
+from lowbit.formats.floats import choose_float_scale, dequantize_float, quantize_float
+from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
+from lowbit.formats.qtypes import BF16, FP8_E4M3, FP8_E5M2, FP16, FP32
+from lowbit.tensors import Float8Tensor, FloatCastTensor
+
+W = torch.randn(6, 20, generator=torch.Generator().manual_seed(1)) * 3
+
+
+@pytest.mark.parametrize("qtype", [FP8_E4M3, FP8_E5M2], ids=lambda t: t.name)
+@pytest.mark.parametrize("granularity", [PerTensor(), PerAxis(0), PerGroup(8)], ids=repr)
+def test_float8_matches_formats_and_round_trips(qtype, granularity, roundtrip):
+    qt = Float8Tensor.quantize(W, qtype, granularity)
+    scale = choose_float_scale(W, qtype, granularity)
+    expected = dequantize_float(quantize_float(W, qtype, scale, granularity), scale, granularity)
+    assert qt.data.dtype == qtype.dtype
+    assert torch.equal(qt.dequantize(), expected)
+    assert qt.nbytes == W.numel() + scale.numel() * 4
+    roundtrip(qt)
+
+
+def test_float8_fp16_scales(roundtrip):
+    qt = Float8Tensor.quantize(W, FP8_E4M3, PerAxis(0), scale_dtype=torch.float16)
+    assert qt.nbytes == W.numel() + W.shape[0] * 2
+    assert torch.allclose(qt.dequantize(), W, rtol=0.07, atol=1e-3)
+    roundtrip(qt)
+
+
+@pytest.mark.parametrize("qtype", [FP32, FP16, BF16], ids=lambda t: t.name)
+def test_float_cast(qtype, roundtrip):
+    qt = FloatCastTensor.quantize(W, qtype)
+    assert torch.equal(qt.dequantize(), W.to(qtype.dtype).float())
+    assert qt.bits_per_weight == qtype.bits
+    roundtrip(qt)
+
+
+def test_wrong_family_is_refused():
+    with pytest.raises(InvalidSpecError, match="FloatCastTensor"):
+        Float8Tensor.quantize(W, FP16)
+    with pytest.raises(InvalidSpecError, match="Float8Tensor"):
+        FloatCastTensor.quantize(W, FP8_E4M3)
