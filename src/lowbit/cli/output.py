@@ -15,11 +15,17 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
+def _looks_numeric(value: Any) -> bool:
+    text = str(value).strip()
+    return text == "" or isinstance(value, int | float) or text[0].isdigit() or text[0] in "+-."
+
+
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """Print a table to the terminal (plain text when stdout is not a terminal)."""
     table = Table(title=title)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        numeric = i > 0 and all(_looks_numeric(row[i]) for row in rows)
+        table.add_column(col, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*[str(v) for v in row])
     Console(width=max(100, Console().width)).print(table)
