@@ -15,15 +15,13 @@ $(PY):
 # torch first, pinned; then lowbit with its extras. The stamp makes reruns instant.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev,gguf,report]"
+	$(PIP) install --quiet -e ".[dev,gguf,report,demo]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lowbit explain --bits 3 --range 2 1.1 2.4 -0.3 0.8
-	$(VENV)/bin/lowbit explain --bits 3 --asymmetric --min -0.5 --max 2 1.1 2.4 -0.3 0.8
-	$(VENV)/bin/lowbit size --params 1e9
+	$(VENV)/bin/lowbit demo
 
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
 test: $(STAMP)
@@ -31,7 +29,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e ".[onnx]"
 	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_linear_mlp.py
+	$(PY) benchmarks/bench_resnet.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,8 +1,34 @@
 """lowbit: quantize trained neural networks, run them on real low-bit kernels, and report
-honestly what it cost."""
+honestly what it cost.
+
+The model-level API (``quantize``, ``describe``, ``prepare_qat``, ``convert``, ``save``,
+``load``) is imported on first use, so ``import lowbit.formats`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from lowbit.errors import LowbitError
 
 __version__ = "0.1.0"
 
-__all__ = ["LowbitError", "__version__"]
+_LAZY = {
+    "quantize": "lowbit.recipes",
+    "describe": "lowbit.recipes",
+    "prepare_qat": "lowbit.recipes",
+    "convert": "lowbit.recipes",
+    "Recipe": "lowbit.recipes",
+    "PRESETS": "lowbit.recipes",
+    "save": "lowbit.export",
+    "load": "lowbit.export",
+}
+
+__all__ = ["LowbitError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

@@ -91,3 +91,15 @@ def test_per_channel_is_refused() -> None:
         EntropyObserver(axis=1)
     with pytest.raises(InvalidSpecError, match="bins"):
         EntropyObserver(bins=64)
+
+
+def test_one_sided_asymmetric_range_uses_all_codes() -> None:
+    """After a ReLU an asymmetric uint8 grid has 256 levels on [0, T]: KL over 256 levels
+    clips no harder than over 128 (the signed grid)."""
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(3)).relu()
+    obs = EntropyObserver()
+    obs.observe(x)
+    lo, hi = obs.clip_range(symmetric=False)
+    assert float(lo) == 0.0
+    assert float(hi) >= float(obs.threshold())
+    assert float(hi) == pytest.approx(float(obs.threshold(256)))

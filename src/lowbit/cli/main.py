@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from lowbit.cli import explain_cmd, size_cmd
+from lowbit.cli import demo_cmd, explain_cmd, size_cmd
 from lowbit.errors import LowbitError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("explain")(explain_cmd.explain)
 app.command("size")(size_cmd.size)
+app.command("demo")(demo_cmd.demo)
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -25,7 +25,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for i, col in enumerate(columns):
         numeric = i > 0 and all(_looks_numeric(row[i]) for row in rows)
-        table.add_column(col, justify="right" if numeric else "left")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=i == 0)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     Console(width=max(100, Console().width)).print(table)

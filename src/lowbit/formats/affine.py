@@ -169,7 +169,9 @@ def choose_qparams(
     )
 
 
-def quantize(x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_even") -> torch.Tensor:
+def quantize(
+    x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_even"
+) -> torch.Tensor:
     """Integer codes of ``x`` (dtype int8 for signed, uint8 for unsigned types)."""
     x = as_float(x)
     check_finite(x)
@@ -186,7 +188,9 @@ def quantize(x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_ev
     return q.clamp_(qparams.qmin, qparams.qmax).to(qparams.qtype.storage)
 
 
-def dequantize(q: torch.Tensor, qparams: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize(
+    q: torch.Tensor, qparams: QParams, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Values the codes stand for: s·q, s·(q - z) or s·(q - qmin) + Lmin."""
     shape = tuple(q.shape)
     g = qparams.granularity
@@ -201,6 +205,10 @@ def dequantize(q: torch.Tensor, qparams: QParams, dtype: torch.dtype = torch.flo
     return out.to(dtype)
 
 
-def fake_quantize(x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_even") -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_even"
+) -> torch.Tensor:
     """dequantize(quantize(x)): the float values x would take after quantization."""
-    return dequantize(quantize(x, qparams, rounding=rounding), qparams, dtype=torch.as_tensor(x).dtype)
+    return dequantize(
+        quantize(x, qparams, rounding=rounding), qparams, dtype=torch.as_tensor(x).dtype
+    )

@@ -61,7 +61,7 @@ class Explanation:
 
 
 def _floats(t: torch.Tensor) -> list[float]:
-    return [float(v) for v in t.reshape(-1)]
+    return [float(v) + 0.0 for v in t.reshape(-1)]  # + 0.0 turns -0.0 into 0.0 for display
 
 
 def _ints(t: torch.Tensor) -> list[int]:

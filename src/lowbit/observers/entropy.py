@@ -43,7 +43,8 @@ class EntropyObserver(HistogramObserver):
 
     Args:
         axis: must be None.
-        bits: quantized bits; the search merges into 2^(bits-1) levels (128 for int8).
+        bits: quantized bits; the search merges into 2^(bits-1) levels (128 for int8), or
+            2^bits for an asymmetric range over one-sided data.
         bins: bins of |x| (TensorRT uses 2048); at least 2^(bits-1).
     """
 
@@ -65,19 +66,24 @@ class EntropyObserver(HistogramObserver):
     def _init_kwargs(self) -> dict:
         return {"axis": self.axis, "bits": self.quant_bits, "bins": self.bins}
 
-    def threshold(self) -> torch.Tensor:
-        """T, the |x| threshold with the least KL divergence (float32 scalar)."""
+    def threshold(self, levels: int | None = None) -> torch.Tensor:
+        """T, the |x| threshold with the least KL divergence (float32 scalar), for
+        ``levels`` quantization levels over [0, T] (default 2^(bits-1), a signed grid)."""
         self._require_data()
         hist, lo, hi = self._stats()
         counts = hist.abs_counts()[0].cpu().numpy().astype(np.float64)
         width = float(hist.radius[0]) / hist.bins
-        i = kl_threshold_bins(counts, 1 << (self.quant_bits - 1))
+        i = kl_threshold_bins(counts, levels or 1 << (self.quant_bits - 1))
         amax = torch.maximum(-lo, hi).reshape(())
         return torch.minimum(torch.tensor(i * width, device=amax.device), amax)
 
     def _clip_range(self, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _, lo, hi = self._stats()
-        t = self.threshold()
+        one_sided = bool(lo >= 0) or bool(hi <= 0)
+        # An asymmetric grid over one-sided data (after a ReLU) spends all 2^bits codes on
+        # [0, T]; KL with only 2^(bits-1) levels would clip twice as hard as needed.
+        levels = 1 << self.quant_bits if (one_sided and not symmetric) else None
+        t = self.threshold(levels)
         if symmetric:
             return -t, t
         lower = torch.maximum(lo, -t)

@@ -1,0 +1,179 @@
+"""lowbit.save / lowbit.load: a quantized model as a folder of safetensors + a JSON manifest.
+
+Layout of a save folder:
+  manifest.json      format version, lowbit version, recipe, and one entry per module that
+                     differs from the float architecture (its class and JSON metadata)
+  model.safetensors  quantized modules' tensors under "q.<module>.<key>", every other tensor
+                     of the state dict under "f.<key>"
+
+Nothing is pickled. Loading needs the float architecture (an instance of the original
+model class, weights irrelevant), because Python code is not data: ``load(folder, model)``.
+Writes are atomic: the folder is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.nn import CastModel, QuantAdd, QuantConv2d, QuantLinear
+from lowbit.recipes.fuse import set_module
+
+FORMAT_NAME = "lowbit-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+QUANT_MODULES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (QuantLinear, QuantConv2d, QuantAdd)
+}
+
+
+def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Modules lowbit put in place: quantized modules, Identity (fused away), fused pairs."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p + ".") for p in entries):
+            continue
+        if type(module).__name__ in QUANT_MODULES:
+            entries[name] = {"class": type(module).__name__}
+        elif isinstance(module, nn.Identity):
+            entries[name] = {"class": "Identity"}
+    return entries
+
+
+def save(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write ``model`` (from lowbit.quantize or lowbit.convert) to ``folder`` atomically."""
+    folder = Path(folder)
+    entries = _structure(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, entry in entries.items():
+        if entry["class"] == "Identity":
+            continue
+        module_tensors, metadata = model.get_submodule(name).to_state()
+        entry["metadata"] = metadata
+        for key, t in module_tensors.items():
+            tensors[f"q.{name}.{key}"] = t.contiguous()
+    quant_prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
+    for key, t in model.state_dict().items():
+        if not key.startswith(quant_prefixes):
+            tensors[f"f.{key}"] = t.contiguous()
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "lowbit_version": lowbit.__version__,
+        "recipe": getattr(model, "lowbit_recipe", None),
+        "cast_dtype": str(model.dtype).removeprefix("torch.")
+        if isinstance(model, CastModel)
+        else None,
+        "modules": entries,
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if folder.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, backup / "old")
+            os.replace(tmp, folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a save folder, checked for format and version."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{folder} is not a lowbit save folder (no {MANIFEST}); save one with lowbit.save"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path} is damaged (not valid JSON: {exc}); save again") from exc
+    if manifest.get("format") != FORMAT_NAME:
+        raise UnsupportedFormatError(f"{path} is not a lowbit model manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{folder} has format version {version!r}; this lowbit reads version "
+            f"{FORMAT_VERSION}: upgrade lowbit (pip install -U lowbit) or save it again"
+        )
+    return manifest
+
+
+def load(folder: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Rebuild a saved quantized model on the float architecture ``model`` (not modified:
+    a copy is filled). Outputs are bit-identical to the model that was saved."""
+    manifest = read_manifest(folder)
+    try:
+        tensors = safetensors.torch.load_file(str(Path(folder) / WEIGHTS))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise InvalidInputError(
+            f"{Path(folder) / WEIGHTS} is damaged or missing ({exc}); save the model again"
+        ) from exc
+    result = copy.deepcopy(model).eval()
+    if manifest.get("cast_dtype"):
+        dtype = getattr(torch, manifest["cast_dtype"])
+        result = CastModel(result.to(dtype), dtype)
+    try:
+        _place_modules(result, manifest["modules"], tensors)
+    except AttributeError as exc:
+        raise InvalidInputError(
+            f"the architecture does not match the save ({exc}); pass an instance of the "
+            "model class that was quantized"
+        ) from exc
+    float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("f.")}
+    missing, unexpected = _load_float_state(result, float_state, manifest["modules"])
+    if missing or unexpected:
+        raise InvalidInputError(
+            f"the architecture does not match the save: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; pass an instance of the model class that was quantized"
+        )
+    if manifest.get("recipe") is not None:
+        result.lowbit_recipe = manifest["recipe"]  # type: ignore[assignment]
+    return result
+
+
+def _place_modules(
+    result: nn.Module, entries: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    for name, entry in entries.items():
+        cls_name = entry["class"]
+        if cls_name == "Identity":
+            set_module(result, name, nn.Identity())
+            continue
+        if cls_name not in QUANT_MODULES:
+            raise UnsupportedFormatError(f"unknown module class {cls_name!r} in the manifest")
+        prefix = f"q.{name}."
+        module_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        module = QUANT_MODULES[cls_name].from_state(module_tensors, entry["metadata"])
+        set_module(result, name, module)
+
+
+def _load_float_state(
+    model: nn.Module, state: dict[str, torch.Tensor], entries: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
+    expected = {k for k in model.state_dict() if not k.startswith(prefixes)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if not missing and not unexpected:
+        model.load_state_dict(state, strict=False)
+    return missing, unexpected

@@ -1,0 +1,159 @@
+"""Weight-only Linear kernels on aten's packed ops, with bf16 activations.
+
+* int8 per channel: ``aten._weight_int8pack_mm(x_bf16, codes[N, K] int8, scales_bf16[N])``.
+* int4 per group: ``aten._weight_int4pack_mm_for_cpu(x_bf16, packed, group, sz)``, which
+  dequantizes w = (u - 8)·scale + zero with u in [0, 15] and a FLOAT zero (tinygemm
+  convention). Every IntPackedTensor 4-bit form converts to it exactly in float32
+  (w = s·q + c with c = 0, -s·z or Lmin - s·qmin; u = q - qtype.qmin, so
+  zero = s·(qtype.qmin + 8) + c); only the bf16 storage of scale/zero rounds.
+
+The input is cast to bf16 and the output back to the input's dtype: with fp32 activations
+these ops are 3-12x slower than fp32 F.linear on CPU (measured, see /docs/decisions.md), so
+bf16 is what makes them fast. Accuracy vs the float32 reference is bf16 rounding (~50 dB).
+
+Applicability was measured on torch 2.13: int8pack needs K % 16 == 0 (other K crash or
+return garbage); int4pack needs N % 16 == 0 and group size 32/64/128/256 dividing K.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
+from lowbit.kernels.registry import KernelEntry, LayerSpec, check_float_input
+from lowbit.tensors import IntPackedTensor, QTensor
+
+INT4_GROUPS = (32, 64, 128, 256)
+ATEN = torch.ops.aten
+
+
+def _common_reason(weight: QTensor | None, spec: LayerSpec, bits: int) -> str | None:
+    if spec.mode != "weight_only":
+        return f"runs mode='weight_only' only, the layer is {spec.mode!r}"
+    if not isinstance(weight, IntPackedTensor):
+        kind = "none" if weight is None else weight.kind
+        return f"needs an int{bits} IntPackedTensor weight, got {kind}"
+    if weight.qtype.bits != bits:
+        return f"needs {bits}-bit codes, got {weight.qtype.name}"
+    if len(weight.shape) != 2:
+        return f"needs a 2-D [N, K] weight, got shape {weight.shape}"
+    return None
+
+
+def _finish(y: torch.Tensor, state: dict, like: torch.Tensor) -> torch.Tensor:
+    y = y.float()
+    if state["bias"] is not None:
+        y = y + state["bias"]
+    if state["spec"].relu:
+        y = torch.relu(y)
+    return y.to(like.dtype)
+
+
+def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().float().contiguous()
+
+
+# ---------------------------------------------------------------- int8 per channel
+def _int8_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
+    reason = _common_reason(weight, spec, 8)
+    if reason:
+        return reason
+    if not weight.qtype.signed or weight.form != "symmetric":
+        return f"needs symmetric int8 (no zero point), got {weight.qtype.name} {weight.form}"
+    g = weight.granularity
+    if not (isinstance(g, PerTensor) or (isinstance(g, PerAxis) and g.axis % 2 == 0)):
+        return "needs per-output-channel (per_axis(0)) or per-tensor scales"
+    if weight.shape[1] % 16:
+        return f"needs in_features % 16 == 0 (aten int8pack), got {weight.shape[1]}"
+    return None
+
+
+def _int8_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec) -> dict:
+    n = weight.shape[0]
+    scales = weight.scale.float().reshape(-1).expand(n).to(torch.bfloat16).contiguous()
+    return {
+        "codes": weight.codes().contiguous(),
+        "scales": scales,
+        "bias": _bias(bias),
+        "spec": spec,
+    }
+
+
+def _int8_run(state: dict, x: torch.Tensor) -> torch.Tensor:
+    check_float_input(x, "input")
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+    y = ATEN._weight_int8pack_mm(x2, state["codes"], state["scales"])
+    return _finish(y.reshape(*x.shape[:-1], -1), state, x)
+
+
+# ---------------------------------------------------------------- int4 per group
+def _int4_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
+    reason = _common_reason(weight, spec, 4)
+    if reason:
+        return reason
+    n, k = weight.shape
+    g = weight.granularity
+    if not isinstance(g, PerGroup) or g.axis % 2 != 1:
+        return "needs per-group scales along the input dim (per_group(size, axis=-1))"
+    if g.size not in INT4_GROUPS:
+        return f"needs group size in {INT4_GROUPS} (aten int4pack), got {g.size}"
+    if k % g.size:
+        return f"needs in_features % group == 0, got {k} % {g.size}"
+    if n % 16:
+        return f"needs out_features % 16 == 0 (aten int4pack), got {n}"
+    return None
+
+
+def int4pack_scale_zero(weight: IntPackedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (scale, zero) of shape [N, K/group] with (u - 8)·scale + zero == dequantize."""
+    qp = weight.qparams
+    s = qp.scale
+    if qp.offset is not None:
+        c = qp.offset - s * qp.qmin
+    elif qp.zero_point is not None:
+        c = -s * qp.zero_point.float()
+    else:
+        c = torch.zeros_like(s)
+    return s, s * (weight.qtype.qmin + 8) + c
+
+
+def _int4_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec) -> dict:
+    u = (weight.codes().to(torch.int32) - weight.qtype.qmin).contiguous()  # 0..15
+    scale, zero = int4pack_scale_zero(weight)
+    sz = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+    return {
+        "packed": ATEN._convert_weight_to_int4pack_for_cpu(u, 1),
+        "group": weight.granularity.size,
+        "sz": sz,
+        "bias": _bias(bias),
+        "spec": spec,
+    }
+
+
+def _int4_run(state: dict, x: torch.Tensor) -> torch.Tensor:
+    check_float_input(x, "input")
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+    y = ATEN._weight_int4pack_mm_for_cpu(x2, state["packed"], state["group"], state["sz"])
+    return _finish(y.reshape(*x.shape[:-1], -1), state, x)
+
+
+WEIGHT_ONLY_ENTRIES: tuple[KernelEntry, ...] = (
+    KernelEntry(
+        op="linear",
+        name="int4 weight-only (aten._weight_int4pack_mm_for_cpu, bf16)",
+        priority=90,
+        applies=_int4_applies,
+        prepare=_int4_prepare,
+        run=_int4_run,
+        summary="bf16 activations x int4 per-group weights (tinygemm layout)",
+    ),
+    KernelEntry(
+        op="linear",
+        name="int8 weight-only (aten._weight_int8pack_mm, bf16)",
+        priority=80,
+        applies=_int8_applies,
+        prepare=_int8_prepare,
+        run=_int8_run,
+        summary="bf16 activations x int8 per-channel weights",
+    ),
+)

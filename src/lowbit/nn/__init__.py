@@ -1,0 +1,17 @@
+"""L4 modules: quantized layers whose forward calls a kernel from lowbit.kernels.
+
+QuantLinear, QuantConv2d and QuantAdd pick their kernel through the registry (see
+``lowbit.kernels.explain``); ``Add`` is the float residual add users put in models so that
+calibration can observe it. QAT modules live in ``lowbit.nn.qat``; ``CastModel`` runs a whole
+model cast to fp16/bf16.
+"""
+
+from __future__ import annotations
+
+from lowbit.nn.add import Add, QuantAdd
+from lowbit.nn.base import KernelModule
+from lowbit.nn.cast import CastModel
+from lowbit.nn.conv import QuantConv2d
+from lowbit.nn.linear import QuantLinear
+
+__all__ = ["Add", "CastModel", "KernelModule", "QuantAdd", "QuantConv2d", "QuantLinear"]

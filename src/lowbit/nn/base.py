@@ -1,0 +1,154 @@
+"""What QuantLinear, QuantConv2d and QuantAdd share: kernel selection, reporting, state.
+
+A module holds its QTensor weight, float32 bias and LayerSpec; at construction it asks the
+kernel registry for an entry (explicitly, with every reason kept for ``explain``) and lets
+the entry repack the weight. ``forward`` only calls the entry. ``to_state`` writes the
+canonical QTensor and JSON metadata; ``from_state`` rebuilds the packed params from them,
+so nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.kernels import (
+    DEFAULT_REGISTRY,
+    KernelRegistry,
+    LayerSpec,
+    describe_weight,
+    explain_choice,
+    qparams_from_dict,
+    qparams_to_dict,
+)
+from lowbit.tensors import QTensor, qtensor_from_dict
+
+STATE_VERSION = 1
+_QPARAM_FIELDS = ("input_qparams", "other_qparams", "output_qparams")
+_GEOMETRY = ("stride", "padding", "dilation")
+
+
+def spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
+    """JSON-able LayerSpec (activation QParams as {"scale", "zero_point"})."""
+    out: dict[str, Any] = {
+        "op": spec.op,
+        "mode": spec.mode,
+        "relu": spec.relu,
+        "keep_quantized_output": spec.keep_quantized_output,
+        "groups": spec.groups,
+    }
+    out.update({name: list(getattr(spec, name)) for name in _GEOMETRY})
+    out.update({name: qparams_to_dict(getattr(spec, name)) for name in _QPARAM_FIELDS})
+    return out
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> LayerSpec:
+    """Inverse of ``spec_to_dict``."""
+    return LayerSpec(
+        op=data["op"],
+        mode=data["mode"],
+        relu=bool(data["relu"]),
+        keep_quantized_output=bool(data["keep_quantized_output"]),
+        groups=int(data["groups"]),
+        **{name: tuple(int(v) for v in data[name]) for name in _GEOMETRY},
+        **{name: qparams_from_dict(data[name]) for name in _QPARAM_FIELDS},
+    )
+
+
+class KernelModule(nn.Module):
+    """Base of the quantized modules: one registry entry runs ``forward``."""
+
+    op: ClassVar[str]
+
+    def _setup(
+        self,
+        weight: QTensor | None,
+        bias: torch.Tensor | None,
+        spec: LayerSpec,
+        kernel: str | None,
+        registry: KernelRegistry | None,
+    ) -> None:
+        if weight is not None and not isinstance(weight, QTensor):
+            raise InvalidInputError(
+                f"weight must be a lowbit QTensor, got {type(weight).__name__}; quantize it "
+                "first (e.g. IntPackedTensor.quantize)"
+            )
+        if bias is not None:
+            bias = bias.detach().to(torch.float32).clone()
+            if weight is not None and tuple(bias.shape) != (weight.shape[0],):
+                raise InvalidInputError(
+                    f"bias has shape {tuple(bias.shape)}, the weight needs ({weight.shape[0]},)"
+                )
+        self.weight = weight
+        self.register_buffer("bias", bias)
+        self.spec = spec
+        self.kernel = kernel
+        self.registry = DEFAULT_REGISTRY if registry is None else registry
+        self.entry, self.considered = self.registry.select_spec(weight, spec, kernel=kernel)
+        self._state = self.entry.prepare(weight, bias, spec)
+
+    @property
+    def kernel_name(self) -> str:
+        """Name of the registry entry that runs this module."""
+        return self.entry.name
+
+    @property
+    def mode(self) -> str:
+        return self.spec.mode
+
+    def kernel_report(self) -> dict[str, Any]:
+        """What ``lowbit.kernels.explain`` shows for this module."""
+        return {
+            "op": self.spec.op,
+            "weight": describe_weight(self.weight),
+            "mode": self.spec.mode,
+            "kernel": self.entry.name,
+            "why": explain_choice(self.considered),
+            "considered": list(self.considered),
+        }
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.entry.run(self._state, *inputs)
+
+    def extra_repr(self) -> str:
+        weight = describe_weight(self.weight)
+        return f"weight={weight}, mode={self.spec.mode}, kernel={self.entry.name!r}"
+
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Flat tensors (the QTensor's, under "weight.", and "bias") and JSON metadata."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {
+            "class": type(self).__name__,
+            "version": STATE_VERSION,
+            "spec": spec_to_dict(self.spec),
+            "kernel": self.kernel,
+            "selected_kernel": self.entry.name,
+            "weight": None,
+        }
+        if self.weight is not None:
+            tensors, meta["weight"] = self.weight.to_dict("weight.")
+        if self.bias is not None:
+            tensors["bias"] = self.bias
+        return tensors, meta
+
+    @classmethod
+    def _parts_from_state(
+        cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+    ) -> tuple[QTensor | None, torch.Tensor | None, LayerSpec]:
+        if metadata.get("class") != cls.__name__:
+            raise UnsupportedFormatError(
+                f"state of a {metadata.get('class')!r}, not a {cls.__name__}; load it with "
+                "that class's from_state"
+            )
+        if metadata.get("version") != STATE_VERSION:
+            raise UnsupportedFormatError(
+                f"{cls.__name__} state version {metadata.get('version')!r} is not supported "
+                f"(this lowbit reads {STATE_VERSION}); upgrade lowbit or export again"
+            )
+        wmeta = metadata["weight"]
+        weight = None if wmeta is None else qtensor_from_dict(tensors, wmeta, "weight.")
+        return weight, tensors.get("bias"), spec_from_dict(metadata["spec"])

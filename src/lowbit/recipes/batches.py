@@ -1,0 +1,80 @@
+"""Calibration and example inputs: any iterable of batches, each a tensor (one positional
+input), a tuple/list (positional inputs) or a dict (keyword inputs)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, LowbitWarning
+
+RECOMMENDED_SAMPLES = 100  # below this, ranges are noisy; 1000-2000 is the usual advice
+
+
+def run_batch(model: nn.Module, batch: Any, index: int = 0) -> Any:
+    """Call ``model`` on one batch; a failure becomes an error that says what was wrong."""
+    try:
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, tuple | list):
+            return model(*batch)
+        return model(batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise InvalidInputError(
+            f"the model failed on calibration batch {index} ({describe_batch(batch)}): {exc}. "
+            "calib_data must yield inputs the model accepts: a tensor, a tuple of positional "
+            "inputs or a dict of keyword inputs (for (x, y) loaders pass (x for x, _ in loader))"
+        ) from exc
+
+
+def describe_batch(batch: Any) -> str:
+    """Shapes of a batch, for error messages."""
+    if isinstance(batch, torch.Tensor):
+        return f"tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, dict):
+        return "dict(" + ", ".join(f"{k}={describe_batch(v)}" for k, v in batch.items()) + ")"
+    if isinstance(batch, tuple | list):
+        return "(" + ", ".join(describe_batch(v) for v in batch) + ")"
+    return type(batch).__name__
+
+
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = batch.values() if isinstance(batch, dict) else batch
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return batch_size(v)
+    return 1
+
+
+def collect_batches(
+    calib_data: Iterable[Any] | None, what: str = "calibration", *, warn: bool = True
+) -> list[Any]:
+    """Materialise calib_data once (it is iterated twice: trace and calibrate) and, with
+    ``warn``, warn when it holds fewer than RECOMMENDED_SAMPLES samples."""
+    if calib_data is None:
+        raise InvalidInputError(
+            f"this recipe needs {what} data: pass calib_data=<iterable of input batches> "
+            "(100+ samples; 1000-2000 is the usual recommendation)"
+        )
+    if isinstance(calib_data, torch.Tensor):
+        batches: list[Any] = [calib_data]
+    else:
+        batches = list(calib_data)
+    if not batches:
+        raise InvalidInputError(f"{what} data is empty: give at least one batch")
+    n = sum(batch_size(b) for b in batches)
+    if warn and n < RECOMMENDED_SAMPLES:
+        warnings.warn(
+            f"{what} data holds only {n} samples; activation ranges from fewer than "
+            f"{RECOMMENDED_SAMPLES} are noisy (1000-2000 is the usual recommendation)",
+            LowbitWarning,
+            stacklevel=3,
+        )
+    return batches

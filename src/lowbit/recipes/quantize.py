@@ -1,0 +1,312 @@
+"""The model-level API: quantize(), describe(), prepare_qat() and convert().
+
+This is the only code that walks a model. It never modifies the model it is given: every
+function works on a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.formats.qtypes import IntType
+from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantLinear
+from lowbit.observers.hooks import ObserverHook
+from lowbit.observers.registry import make_observer
+from lowbit.progress import track
+from lowbit.recipes.batches import collect_batches, run_batch
+from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
+from lowbit.recipes.presets import get_recipe
+from lowbit.recipes.spec import QuantSpec, Recipe
+from lowbit.recipes.trace import function_name, trace_flow
+from lowbit.recipes.weights import quantize_weight
+
+log = logging.getLogger(__name__)
+
+ACTIVATION_QTYPE = IntType(8, False)  # quint8 per tensor, integer zero point (torch/ONNX)
+# Float modules that accept torch's quantized tensors as they are, so int8 activations can
+# stay int8 between quantized layers.
+QUANT_TRANSPARENT = (
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+)
+# Functions (called between modules) that take quantized tensors as they are.
+QUANT_TRANSPARENT_FUNCTIONS = frozenset(
+    {"flatten", "view", "reshape", "relu", "max_pool2d", "adaptive_avg_pool2d", "contiguous"}
+)
+FUSION_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """A module to quantize and how."""
+
+    name: str
+    spec: QuantSpec
+
+
+def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
+    """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order."""
+    modules = dict(model.named_modules())
+    inner = {
+        f"{n}.0" for n, m in modules.items() if isinstance(m, nn.Sequential) and fused_parts(m)
+    }
+    plan = []
+    for name, module in modules.items():
+        if not name or name in inner or fused_parts(module) is None:
+            continue
+        spec = recipe.spec_for(name)
+        if spec is not None:
+            plan.append(PlanEntry(name, spec))
+    return plan
+
+
+def _no_layer_error(model: nn.Module) -> InvalidInputError:
+    kinds = sorted({type(m).__name__ for m in model.modules()})
+    return InvalidInputError(
+        "the model has no quantizable layer left after the recipe's rules (lowbit quantizes "
+        f"nn.Linear and nn.Conv2d; this model has: {', '.join(kinds)}); check the model or "
+        "the recipe's skip patterns"
+    )
+
+
+def _fuse(model: nn.Module, example: Any) -> None:
+    """Fuse Conv/Linear + BatchNorm + ReLU in place; check the float outputs did not change."""
+    groups = find_fusions(model, trace_flow(model, example))
+    if not groups:
+        return
+    with torch.no_grad():
+        before = run_batch(model, example)
+    apply_fusions(model, groups)
+    with torch.no_grad():
+        after = run_batch(model, example)
+    if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor):
+        err = float((after - before).abs().max())
+        ref = float(before.abs().max()) or 1.0
+        if err > FUSION_TOLERANCE * ref:
+            raise InvalidInputError(
+                f"fusing {[g.producer for g in groups]} changed the float output by {err:.3g}; "
+                "the model's forward probably reuses a module's output outside the traced "
+                "chain. Quantize without fusion: lowbit.quantize(..., fuse=False)"
+            )
+    log.info("fused %d groups: %s", len(groups), groups)
+
+
+def _calibrate(
+    model: nn.Module, plan: list[PlanEntry], batches: list[Any], model_outputs: set[str]
+) -> dict[str, tuple[Any, Any]]:
+    """Observe inputs and outputs of static modules (and outputs of Add modules).
+
+    Layers whose output is the model's output (logits) are observed with min/max whatever
+    the recipe's observer: clipping the largest logits changes the model's decisions."""
+    hooks: dict[str, tuple[ObserverHook | None, ObserverHook]] = {}
+    for entry in plan:
+        if entry.spec.activation.mode != "static":
+            continue
+        a = entry.spec.activation
+        module = model.get_submodule(entry.name)
+        options = dict(a.observer_options)
+        out_observer = (
+            make_observer("minmax")
+            if entry.name in model_outputs
+            else make_observer(a.observer, **options)
+        )
+        hooks[entry.name] = (
+            ObserverHook(module, make_observer(a.observer, **options), on="input"),
+            ObserverHook(module, out_observer, on="output"),
+        )
+    static_observer = next(e.spec.activation for e in plan if e.spec.activation.mode == "static")
+    for name, module in model.named_modules():
+        if isinstance(module, Add):
+            opts = dict(static_observer.observer_options)
+            hooks[name] = (
+                None,
+                ObserverHook(module, make_observer(static_observer.observer, **opts)),
+            )
+    for pair in hooks.values():
+        for h in pair:
+            if h is not None:
+                h.attach()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(track(batches, "calibrating", total=len(batches))):
+                run_batch(model, batch, i)
+    finally:
+        for pair in hooks.values():
+            for h in pair:
+                if h is not None:
+                    h.detach()
+    return {
+        name: (
+            None
+            if inp is None
+            else inp.observer.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point"),
+            out.observer.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point"),
+        )
+        for name, (inp, out) in hooks.items()
+    }
+
+
+def _convert_module(module: nn.Module, spec: QuantSpec, qparams: tuple | None) -> nn.Module:
+    parts = fused_parts(module)
+    assert parts is not None
+    float_module, relu = parts
+    weight = quantize_weight(float_module.weight, spec.weight)
+    kwargs: dict[str, Any] = {"mode": spec.activation.mode, "relu": relu}
+    if qparams is not None:
+        kwargs["input_qparams"], kwargs["output_qparams"] = qparams
+    cls = QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear
+    return cls.from_float(float_module, weight, **kwargs)
+
+
+def _keep_int8_between_layers(model: nn.Module, example: Any) -> str:
+    """Let static modules hand int8 tensors straight to the next int8 module when every
+    consumer of their output can take them (seen on a traced pass of ``example``, then
+    checked by running it). Returns a sentence for describe()."""
+    int8_modules = (QuantLinear, QuantConv2d, QuantAdd)
+    modules = dict(model.named_modules())
+    static = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, int8_modules) and getattr(m, "mode", "static") == "static"
+    ]
+    for name in static:
+        modules[name].keep_quantized_output = False
+    flow = trace_flow(model, example, atomic=int8_modules)
+
+    def accepts_int8(name: str, seen: frozenset = frozenset()) -> bool:
+        users = flow.consumers.get(name, [])
+        if not users or name in flow.output_is_model_output or name in seen:
+            return False
+        for user in users:
+            if user in static:
+                continue
+            transparent = isinstance(modules.get(user), QUANT_TRANSPARENT) or (
+                function_name(user) in QUANT_TRANSPARENT_FUNCTIONS
+            )
+            if transparent and accepts_int8(user, seen | {name}):
+                continue
+            return False
+        return True
+
+    for name in static:
+        modules[name].keep_quantized_output = accepts_int8(name)
+    try:
+        with torch.no_grad():
+            out = run_batch(model, example)
+        if isinstance(out, torch.Tensor) and out.is_quantized:
+            raise RuntimeError("the model output is still quantized")
+    except (RuntimeError, NotImplementedError, InvalidInputError) as exc:
+        for name in static:
+            modules[name].keep_quantized_output = False
+        log.info("int8 hand-over disabled: %s", exc)
+        return f"each static module dequantizes its output ({exc})"
+    kept = sum(modules[n].keep_quantized_output for n in static)
+    return (
+        f"int8 activations pass directly between layers at {kept} of {len(static)} static modules"
+    )
+
+
+def quantize(
+    model: nn.Module,
+    recipe: str | Recipe,
+    calib_data: Iterable[Any] | None = None,
+    *,
+    fuse: bool = True,
+) -> nn.Module:
+    """A quantized copy of ``model`` (the input is never modified).
+
+    Args:
+        model: any nn.Module; its nn.Linear and nn.Conv2d layers are quantized, residual
+            adds written as ``lowbit.nn.Add`` too (static recipes).
+        recipe: a preset name (``lowbit.recipes.PRESETS``: "int8-dynamic", "int8-static",
+            "int8-static:entropy", "w4a16-g32", "nf4", ...) or a Recipe.
+        calib_data: iterable of input batches (tensor, tuple of positional inputs, or dict of
+            keyword inputs); required by static recipes, 100+ samples recommended.
+        fuse: fold BatchNorm and fuse ReLU into the layer before (static recipes).
+    """
+    recipe = get_recipe(recipe)
+    if recipe.kind == "qat":
+        raise InvalidSpecError(
+            f"{recipe.name!r} is a QAT recipe: use lowbit.prepare_qat(model, ...), train, "
+            "then lowbit.convert(model)"
+        )
+    qmodel = copy.deepcopy(model).eval()
+    if recipe.kind == "cast":
+        dtype = getattr(torch, recipe.cast_dtype or "")
+        cast = CastModel(qmodel.to(dtype), dtype)
+        cast.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
+        return cast
+    plan = _plan(qmodel, recipe)
+    if not plan:
+        raise _no_layer_error(model)
+    static = any(e.spec.activation.mode == "static" for e in plan)
+    calibrated: dict[str, tuple] = {}
+    batches = None
+    if static or calib_data is not None:
+        batches = collect_batches(calib_data, warn=static)
+        if fuse:
+            _fuse(qmodel, batches[0])
+            plan = _plan(qmodel, recipe)
+    if static:
+        outputs = trace_flow(qmodel, batches[0]).output_is_model_output
+        model_outputs = {e.name for e in plan if {e.name, f"{e.name}.1"} & outputs}
+        calibrated = _calibrate(qmodel, plan, batches, model_outputs)
+    for entry in track(plan, "quantizing", total=len(plan)):
+        qparams = calibrated.get(entry.name)
+        new = _convert_module(qmodel.get_submodule(entry.name), entry.spec, qparams)
+        set_module(qmodel, entry.name, new)
+    for name, module in list(qmodel.named_modules()):
+        if isinstance(module, Add) and name in calibrated:
+            set_module(qmodel, name, QuantAdd.from_float(module, calibrated[name][1]))
+    if static:
+        qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
+    qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
+    return qmodel
+
+
+def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[str, Any]]:
+    """Which module got which treatment: one row per Linear/Conv2d, quantized or not.
+
+    With ``recipe``, describes what ``quantize`` would do to the float ``model``.
+    """
+    resolved = get_recipe(recipe) if recipe is not None else None
+    rows: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if hasattr(module, "kernel_report"):
+            report = module.kernel_report()
+            weight = getattr(module, "weight", None)
+            rows.append(
+                {
+                    "module": name,
+                    "type": type(module).__name__,
+                    "weight": report["weight"],
+                    "mode": report["mode"],
+                    "kernel": report["kernel"],
+                    "bits_per_weight": None if weight is None else round(weight.bits_per_weight, 3),
+                    "bytes": None if weight is None else weight.nbytes,
+                }
+            )
+        elif isinstance(module, nn.Conv2d | nn.Linear):
+            spec = resolved.spec_for(name) if resolved is not None else None
+            rows.append(
+                {
+                    "module": name,
+                    "type": type(module).__name__,
+                    "spec": spec.describe() if spec else "float",
+                }
+            )
+    return rows

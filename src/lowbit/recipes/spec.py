@@ -1,0 +1,166 @@
+"""What to do to which module: QuantSpec and Recipe dataclasses, with a ``kind`` string,
+a ``version`` and ``to_dict``/``from_dict`` so they save as JSON beside the weights."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from lowbit.errors import InvalidSpecError, UnsupportedFormatError
+from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
+from lowbit.tensors.base import granularity_from_dict, granularity_to_dict
+
+RECIPE_VERSION = 1
+ActivationMode = Literal["weight_only", "dynamic", "static"]
+RecipeKind = Literal["ptq", "cast", "qat"]
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How weights are stored.
+
+    Attributes:
+        format: a format name of lowbit.formats.qtypes: "int8", "int4", "nf4", "ternary",
+            "binary", "fp8_e4m3", ...
+        granularity: PerAxis(0) (per output channel) or PerGroup(size) along the input dim.
+        symmetric: integer formats: symmetric (no zero point) or asymmetric.
+        form: asymmetric integer formats: "offset" or "zero_point".
+        scale_dtype: "float32" or "float16" for stored scales.
+    """
+
+    format: str = "int8"
+    granularity: Granularity = PerAxis(0)
+    symmetric: bool = True
+    form: str = "offset"
+    scale_dtype: str = "float32"
+
+    def describe(self) -> str:
+        g = self.granularity
+        where = (
+            "per-tensor"
+            if isinstance(g, PerTensor)
+            else "per-channel"
+            if isinstance(g, PerAxis)
+            else f"group {g.size}"
+        )
+        sym = "" if self.symmetric or not self.format.startswith("int") else " asym"
+        return f"{self.format} {where}{sym}"
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """How activations are treated: kept in float ("weight_only", computed in bf16 where a
+    kernel needs it), quantized per batch at run time ("dynamic"), or quantized with ranges
+    from calibration ("static", int8 per tensor, chosen by ``observer``)."""
+
+    mode: ActivationMode = "weight_only"
+    observer: str = "minmax"
+    observer_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One module's treatment: weight storage plus activation handling."""
+
+    weight: WeightSpec = field(default_factory=WeightSpec)
+    activation: ActivationSpec = field(default_factory=ActivationSpec)
+
+    def describe(self) -> str:
+        a = self.activation
+        act = {"weight_only": "float activations", "dynamic": "int8 dynamic activations"}.get(
+            a.mode, f"int8 static activations ({a.observer})"
+        )
+        return f"{self.weight.describe()}, {act}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Modules whose qualified name matches ``pattern`` (fnmatch, e.g. "*.fc*") get ``spec``;
+    ``spec=None`` skips them (they stay float)."""
+
+    pattern: str
+    spec: QuantSpec | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named way to quantize a model.
+
+    kind "ptq": post-training quantization of Linear and Conv2d modules with ``spec`` unless
+    a rule says otherwise; "cast": the whole model cast to ``cast_dtype``; "qat": fake
+    quantization for training first (``lowbit.prepare_qat``), then ``lowbit.convert``.
+    """
+
+    name: str
+    kind: RecipeKind = "ptq"
+    spec: QuantSpec | None = None
+    cast_dtype: str | None = None
+    rules: tuple[Rule, ...] = ()
+    version: int = RECIPE_VERSION
+
+    def spec_for(self, module_name: str) -> QuantSpec | None:
+        """The spec for a module: the first matching rule wins, else the recipe's spec."""
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(module_name, rule.pattern):
+                return rule.spec
+        return self.spec
+
+    def with_rules(self, *rules: Rule) -> Recipe:
+        """A copy with extra rules (checked before the existing ones)."""
+        return replace(self, rules=(*rules, *self.rules))
+
+    def skip(self, *patterns: str) -> Recipe:
+        """A copy that leaves modules matching any pattern in float."""
+        return self.with_rules(*(Rule(p, None) for p in patterns))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (granularities as dicts)."""
+
+        def spec_dict(spec: QuantSpec | None) -> dict[str, Any] | None:
+            if spec is None:
+                return None
+            w = asdict(spec.weight)
+            w["granularity"] = granularity_to_dict(spec.weight.granularity)
+            a = asdict(spec.activation)
+            a["observer_options"] = [list(kv) for kv in spec.activation.observer_options]
+            return {"weight": w, "activation": a}
+
+        return {
+            "kind": self.kind,
+            "version": self.version,
+            "name": self.name,
+            "spec": spec_dict(self.spec),
+            "cast_dtype": self.cast_dtype,
+            "rules": [{"pattern": r.pattern, "spec": spec_dict(r.spec)} for r in self.rules],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """Inverse of ``to_dict``; unknown versions or kinds raise a clear error."""
+        version = d.get("version")
+        if version != RECIPE_VERSION:
+            raise UnsupportedFormatError(
+                f"recipe version {version!r} is not supported by this lowbit (it reads "
+                f"version {RECIPE_VERSION}); upgrade lowbit or re-create the recipe"
+            )
+        if d.get("kind") not in ("ptq", "cast", "qat"):
+            raise InvalidSpecError(f"unknown recipe kind {d.get('kind')!r}")
+
+        def spec_parse(s: dict[str, Any] | None) -> QuantSpec | None:
+            if s is None:
+                return None
+            w = dict(s["weight"])
+            w["granularity"] = granularity_from_dict(w["granularity"])
+            a = dict(s["activation"])
+            a["observer_options"] = tuple(tuple(kv) for kv in a.get("observer_options", ()))
+            return QuantSpec(WeightSpec(**w), ActivationSpec(**a))
+
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            spec=spec_parse(d.get("spec")),
+            cast_dtype=d.get("cast_dtype"),
+            rules=tuple(Rule(r["pattern"], spec_parse(r["spec"])) for r in d.get("rules", ())),
+            version=version,
+        )

@@ -1,0 +1,58 @@
+"""Turn a float weight into the QTensor its WeightSpec asks for (the arithmetic is formats',
+the storage tensors')."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.errors import InvalidSpecError
+from lowbit.formats.granularity import PerAxis, PerGroup
+from lowbit.formats.qtypes import CodebookType, FloatType, IntType, LevelsType, get_qtype
+from lowbit.recipes.spec import WeightSpec
+from lowbit.tensors import (
+    CodebookPackedTensor,
+    Float8Tensor,
+    IntPackedTensor,
+    LevelsPackedTensor,
+)
+from lowbit.tensors.base import QTensor
+
+_SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def quantize_weight(weight: torch.Tensor, spec: WeightSpec) -> QTensor:
+    """The QTensor of ``weight``.
+
+    Conv kernels (O, I, kh, kw) under a group spec are quantized per output channel instead:
+    groups along a conv's last axis would split kernel rows, and no conv kernel reads
+    groups (docs/decisions.md).
+    """
+    qtype = get_qtype(spec.format)
+    scale_dtype = _SCALE_DTYPES.get(spec.scale_dtype)
+    if scale_dtype is None:
+        raise InvalidSpecError(
+            f"scale_dtype {spec.scale_dtype!r} is not one of {', '.join(_SCALE_DTYPES)}"
+        )
+    w = weight.detach().to(torch.float32)
+    granularity = spec.granularity
+    if isinstance(granularity, PerGroup) and w.dim() > 2:
+        granularity = PerAxis(0)
+    if isinstance(qtype, IntType):
+        qtype = IntType(qtype.bits, spec.symmetric)
+        return IntPackedTensor.quantize(
+            w,
+            qtype,
+            granularity,
+            symmetric=spec.symmetric,
+            form=spec.form,  # type: ignore[arg-type]
+            scale_dtype=scale_dtype,
+        )
+    if isinstance(qtype, CodebookType):
+        return CodebookPackedTensor.quantize(w, qtype, granularity, scale_dtype=scale_dtype)
+    if isinstance(qtype, LevelsType):
+        return LevelsPackedTensor.quantize(w, qtype, granularity, scale_dtype=scale_dtype)
+    if isinstance(qtype, FloatType) and qtype.scaled:
+        return Float8Tensor.quantize(w, qtype, granularity, scale_dtype=scale_dtype)
+    raise InvalidSpecError(
+        f"weight format {spec.format!r} is a plain cast; use the fp16/bf16 presets instead"
+    )

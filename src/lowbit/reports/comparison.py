@@ -1,0 +1,115 @@
+"""A side-by-side comparison of quantized variants against the original: one row per method,
+rendered as markdown, as an HTML page with an accuracy-vs-size plot, or as JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbit.atomic import atomic_write_bytes, atomic_write_text
+from lowbit.errors import require
+
+
+@dataclass(frozen=True)
+class Column:
+    """A report column: the row key it shows, its header, and how a value is printed."""
+
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+
+
+@dataclass
+class ComparisonReport:
+    """Rows (dicts) with the columns to show; ``notes`` are printed under the table."""
+
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[list[str]]:
+        """The formatted table body."""
+        return [[c.fmt(row.get(c.key)) for c in self.columns] for row in self.rows]
+
+    def to_markdown(self) -> str:
+        """A markdown document: title, table, notes."""
+        header = "| " + " | ".join(c.header for c in self.columns) + " |"
+        rule = "|" + "|".join("---" for _ in self.columns) + "|"
+        body = ["| " + " | ".join(cells) + " |" for cells in self.cells()]
+        notes = [f"- {n}" for n in self.notes]
+        return "\n".join([f"# {self.title}", "", header, rule, *body, "", *notes, ""])
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"title", "rows": [...], "notes": [...]}``."""
+        return {"title": self.title, "rows": self.rows, "notes": self.notes}
+
+    def plot_png(self, x: str, y: str, label: str, xlabel: str, ylabel: str) -> bytes:
+        """A scatter plot of two row keys (e.g. size vs accuracy), one labelled point per row."""
+        matplotlib = require("matplotlib", "report")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        for row in self.rows:
+            if row.get(x) is None or row.get(y) is None:
+                continue
+            ax.scatter(row[x], row[y])
+            ax.annotate(
+                str(row[label]),
+                (row[x], row[y]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(self.title, fontsize=10)
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return buf.getvalue()
+
+    def to_html(self, plot_png: bytes | None = None) -> str:
+        """A self-contained HTML page: the table, the notes and the plot (inline PNG)."""
+        head = "".join(f"<th>{html.escape(c.header)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells) + "</tr>"
+            for cells in self.cells()
+        )
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        img = ""
+        if plot_png is not None:
+            data = base64.b64encode(plot_png).decode("ascii")
+            img = f'<img alt="accuracy vs size" src="data:image/png;base64,{data}">'
+        style = (
+            "body{font-family:sans-serif;margin:2em;max-width:70em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 10px;"
+            "text-align:right}td:first-child,th:first-child{text-align:left}"
+        )
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}"
+            f"</title><style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
+            f"<table><tr>{head}</tr>{body}</table><ul>{notes}</ul>{img}</body></html>"
+        )
+
+    def write(self, folder: str | Path, plot: dict[str, str] | None = None) -> list[Path]:
+        """Write report.md, report.json and report.html (with the plot when ``plot`` names
+        its x/y/label keys and axis labels) into ``folder``, atomically."""
+        folder = Path(folder)
+        png = self.plot_png(**plot) if plot else None
+        return [
+            atomic_write_text(folder / "report.md", self.to_markdown()),
+            atomic_write_text(folder / "report.json", json.dumps(self.to_json(), indent=2)),
+            atomic_write_text(folder / "report.html", self.to_html(png)),
+            *([atomic_write_bytes(folder / "accuracy_vs_size.png", png)] if png else []),
+        ]

@@ -1,0 +1,79 @@
+"""lowbit.save / lowbit.load: bit-identical round trips, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.export import load, save
+from lowbit.recipes import quantize
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 32),
+        nn.ReLU(),
+        nn.Linear(32, 4),
+    ).eval()
+
+
+CALIB = [torch.randn(32, 1, 6, 6, generator=torch.Generator().manual_seed(2)) for _ in range(4)]
+
+
+@pytest.mark.parametrize(
+    "preset", ["int8-static", "int8-dynamic", "w4a16-g32", "nf4", "ternary", "bf16"]
+)
+def test_round_trip_is_bit_identical(tmp_path, preset) -> None:
+    qmodel = quantize(_model(), preset, calib_data=CALIB)
+    folder = save(qmodel, tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.safetensors"]
+    loaded = load(folder, _model())
+    x = torch.randn(5, 1, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), loaded(x))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == preset
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path) -> None:
+    qmodel = quantize(_model(), "int8-dynamic")
+    save(qmodel, tmp_path / "m")
+    save(qmodel, tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_damaged_or_foreign_folders(tmp_path) -> None:
+    qmodel = quantize(_model(), "int8-dynamic")
+    folder = save(qmodel, tmp_path / "m")
+    with pytest.raises(InvalidInputError, match="not a lowbit save folder"):
+        load(tmp_path, _model())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 7
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnsupportedFormatError, match="format version 7"):
+        load(folder, _model())
+    manifest["format_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match="damaged"):
+        load(folder, _model())
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        load(folder, _model())
+
+
+def test_wrong_architecture_is_refused(tmp_path) -> None:
+    folder = save(quantize(_model(), "int8-dynamic"), tmp_path / "m")
+    other = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Linear(3, 3))
+    with pytest.raises(InvalidInputError, match="architecture does not match"):
+        load(folder, other)

@@ -1,0 +1,96 @@
+"""QuantLinear: kernel choice, from_float, state round trip, explain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from kernels.kernel_helpers import int8_weight, minmax_qparams
+
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.formats.granularity import PerGroup
+from lowbit.formats.qtypes import NF4, IntType
+from lowbit.kernels import REFERENCE_NAME, explain
+from lowbit.nn import QuantConv2d, QuantLinear
+from lowbit.tensors import CodebookPackedTensor, IntPackedTensor
+
+WEIGHTS = {
+    "int8": lambda: int8_weight(32, 64),
+    "int4-g32": lambda: IntPackedTensor.quantize(
+        torch.randn(32, 64), IntType(4, False), PerGroup(32), symmetric=False
+    ),
+    "nf4": lambda: CodebookPackedTensor.quantize(torch.randn(32, 64), NF4, PerGroup(32)),
+}
+
+
+def static_kwargs(w, x: torch.Tensor) -> dict:
+    return {
+        "input_qparams": minmax_qparams(x),
+        "output_qparams": minmax_qparams(x @ w.dequantize().T),
+    }
+
+
+@pytest.mark.parametrize("kind", list(WEIGHTS))
+@pytest.mark.parametrize("mode", ["weight_only", "dynamic", "static"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_state_round_trip_is_bit_identical(kind: str, mode: str, relu: bool) -> None:
+    w, x = WEIGHTS[kind](), torch.randn(5, 64)
+    kw = static_kwargs(w, x) if mode == "static" else {}
+    m = QuantLinear(w, torch.randn(32), mode=mode, relu=relu, **kw)
+    tensors, meta = m.to_state()
+    meta = json.loads(json.dumps(meta))  # metadata is plain JSON, nothing pickled
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+    m2 = QuantLinear.from_state(tensors, meta)
+    assert m2.kernel_name == m.kernel_name
+    assert torch.equal(m(x), m2(x))
+
+
+def test_from_float_keeps_bias_and_checks_shape() -> None:
+    lin = torch.nn.Linear(64, 32)
+    w = int8_weight(32, 64)
+    m = QuantLinear.from_float(lin, w, mode="dynamic")
+    assert torch.equal(m.bias, lin.bias.detach())
+    assert (m.in_features, m.out_features) == (64, 32)
+    x = torch.randn(4, 64)
+    ref = QuantLinear.from_float(lin, w, mode="dynamic", kernel=REFERENCE_NAME)
+    torch.testing.assert_close(m(x), ref(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(InvalidInputError, match="shape"):
+        QuantLinear.from_float(lin, int8_weight(16, 64))
+    with pytest.raises(InvalidInputError, match="2-D"):
+        QuantLinear(int8_weight(4, 2, 3, 3))
+
+
+def test_from_state_refuses_another_class() -> None:
+    tensors, meta = QuantLinear(int8_weight(8, 16)).to_state()
+    with pytest.raises(UnsupportedFormatError, match="QuantLinear"):
+        QuantConv2d.from_state(tensors, meta)
+    with pytest.raises(UnsupportedFormatError, match="version"):
+        QuantLinear.from_state(tensors, {**meta, "version": 99})
+
+
+def test_explain_reports_each_layer() -> None:
+    model = torch.nn.Sequential(
+        QuantLinear(int8_weight(32, 64), mode="dynamic"),
+        torch.nn.ReLU(),
+        QuantLinear(CodebookPackedTensor.quantize(torch.randn(32, 32), NF4, PerGroup(32))),
+        QuantLinear(IntPackedTensor.quantize(torch.randn(20, 32), IntType(4, True), PerGroup(32))),
+    )
+    rows = explain(model).rows
+    assert [r.module for r in rows] == ["0", "2", "3"]
+    assert rows[0].kernel.startswith("int8 dynamic") and rows[0].mode == "dynamic"
+    assert rows[1].kernel == REFERENCE_NAME and rows[1].weight == "nf4 per_group(32)"
+    assert rows[2].kernel == REFERENCE_NAME and "out_features % 16" in rows[2].why
+    assert rows[2].weight == "int4 per_group(32) symmetric"
+    assert model(torch.randn(2, 64)).shape == (2, 20)
+
+
+def test_per_tensor_int8_weight_runs_the_int8_kernels() -> None:
+    from lowbit.formats.granularity import PerTensor
+
+    w = IntPackedTensor.quantize(torch.randn(16, 32), IntType(8, True), PerTensor())
+    x = torch.randn(3, 32)
+    fast = QuantLinear(w, mode="dynamic")
+    assert fast.kernel_name.startswith("int8 dynamic")
+    ref = QuantLinear(w, mode="dynamic", kernel=REFERENCE_NAME)
+    torch.testing.assert_close(fast(x), ref(x), atol=1e-4, rtol=1e-4)

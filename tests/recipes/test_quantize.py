@@ -1,0 +1,121 @@
+"""lowbit.quantize on small real-shaped models: every preset runs, the input model is never
+modified, static int8 keeps a high SQNR, and bad input gets clear errors."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, InvalidSpecError, LowbitWarning
+from lowbit.eval.metrics import sqnr_db
+from lowbit.eval.size import model_nbytes
+from lowbit.recipes import PRESETS, describe, quantize
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(32 * 4 * 4, 64)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool(self.relu2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = SmallCNN().eval()
+    m.bn1.running_mean.uniform_(-0.5, 0.5)
+    m.bn1.running_var.uniform_(0.5, 2)
+    return m
+
+
+@pytest.fixture(scope="module")
+def calib() -> list[torch.Tensor]:
+    return list(torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(1)).split(32))
+
+
+def _states_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "int8-qat"])
+def test_every_preset_runs_and_leaves_the_input_untouched(model, calib, preset) -> None:
+    before = copy.deepcopy(model)
+    qmodel = quantize(model, preset, calib_data=calib)
+    assert _states_equal(model, before) and type(model.conv1) is nn.Conv2d
+    x = calib[0][:4]
+    with torch.no_grad():
+        ref, out = model(x), qmodel(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    floor = {
+        "binary": -10,
+        "ternary": -5,
+        "nf4": 10,
+        "w4a16-g32": 12,
+        "w4a16-g128": 12,
+        "fp16": 40,
+        "bf16": 25,
+    }.get(preset, 25)
+    assert sqnr_db(ref, out) > floor, preset
+
+
+def test_int8_static_matches_fp32_closely_and_is_small(model, calib) -> None:
+    qmodel = quantize(model, "int8-static", calib_data=calib)
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        assert sqnr_db(model(x), qmodel(x)) > 25
+    assert model_nbytes(qmodel) < 0.3 * model_nbytes(model)
+    kinds = {row["module"]: row for row in describe(qmodel)}
+    assert set(kinds) >= {"conv1", "conv2", "fc1", "fc2"}
+
+
+def test_describe_a_plan_before_quantizing(model) -> None:
+    rows = describe(model, "w4a16-g32")
+    assert {r["module"] for r in rows} == {"conv1", "conv2", "fc1", "fc2"}
+    assert all("int4 group 32" in r["spec"] for r in rows)
+
+
+def test_static_needs_calibration_data_of_the_right_shape(model) -> None:
+    with pytest.raises(InvalidInputError, match="calib_data"):
+        quantize(model, "int8-static")
+    with pytest.raises(InvalidInputError, match=r"batch 0 .*shape \(8, 5\)"):
+        quantize(model, "int8-static", calib_data=[torch.randn(8, 5)] * 20)
+
+
+def test_few_calibration_samples_warn(model) -> None:
+    with pytest.warns(LowbitWarning, match="only 8 samples"):
+        quantize(model, "int8-static", calib_data=[torch.randn(8, 3, 16, 16)])
+
+
+def test_unknown_preset_and_no_quantizable_layer() -> None:
+    with pytest.raises(InvalidSpecError, match="unknown preset"):
+        quantize(nn.Linear(4, 4), "int7")
+    with pytest.raises(InvalidInputError, match="no quantizable layer"):
+        quantize(nn.Sequential(nn.ReLU(), nn.Tanh()), "int8-dynamic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InvalidInputError, match="no quantizable layer"):
+            quantize(nn.Linear(4, 4), get_all_skipped())
+
+
+def get_all_skipped():
+    from lowbit.recipes import get_recipe
+
+    return get_recipe("w8a16").skip("*")
