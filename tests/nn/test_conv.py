@@ -107,3 +107,23 @@ def test_non_static_conv_uses_reference(mode: str) -> None:
     assert m.kernel_name == REFERENCE_NAME
     if mode == "weight_only":
         torch.testing.assert_close(m(x), F.conv2d(x, w.dequantize()))
+
+
+def test_keep_quantized_output_can_be_switched_after_construction() -> None:
+    from lowbit.formats.granularity import PerAxis
+    from lowbit.formats.qtypes import IntType
+    from lowbit.kernels import activation_qparams
+    from lowbit.nn import QuantConv2d
+    from lowbit.tensors import IntPackedTensor
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    weight = IntPackedTensor.quantize(conv.weight.detach(), IntType(8, True), PerAxis(0))
+    qp = activation_qparams(0.05, 128)
+    module = QuantConv2d.from_float(conv, weight, mode="static", input_qparams=qp,
+                                    output_qparams=qp)
+    x = torch.randn(1, 3, 6, 6)
+    assert not module(x).is_quantized
+    module.keep_quantized_output = True
+    assert module.keep_quantized_output and module(x).is_quantized
+    module.keep_quantized_output = False
+    assert not module(x).is_quantized

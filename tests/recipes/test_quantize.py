@@ -119,3 +119,40 @@ def get_all_skipped():
     from lowbit.recipes import get_recipe
 
     return get_recipe("w8a16").skip("*")
+
+
+class Residual(nn.Module):
+    """A ResNet basic block written with lowbit.nn.Add, as static int8 needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lowbit.nn import Add
+
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.add = Add(relu=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(self.flatten(self.pool(self.add(y, x))))
+
+
+def test_residual_add_becomes_an_int8_add_and_int8_flows_through() -> None:
+    from lowbit.nn import QuantAdd
+
+    torch.manual_seed(0)
+    model = Residual().eval()
+    calib = [torch.randn(16, 8, 8, 8).relu() for _ in range(8)]
+    qmodel = quantize(model, "int8-static", calib_data=calib)
+    assert isinstance(qmodel.add, QuantAdd)
+    assert qmodel.conv1.keep_quantized_output and qmodel.add.keep_quantized_output
+    assert not qmodel.fc.keep_quantized_output  # the model output stays float
+    x = torch.randn(4, 8, 8, 8).relu()
+    with torch.no_grad():
+        assert sqnr_db(model(x), qmodel(x)) > 25

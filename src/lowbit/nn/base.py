@@ -9,6 +9,8 @@ so nothing is ever pickled.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -99,6 +101,18 @@ class KernelModule(nn.Module):
     @property
     def mode(self) -> str:
         return self.spec.mode
+
+    @property
+    def keep_quantized_output(self) -> bool:
+        """Static modules: return the torch quint8 output as is (for the next int8 layer)
+        instead of dequantizing it."""
+        return self.spec.keep_quantized_output
+
+    @keep_quantized_output.setter
+    def keep_quantized_output(self, keep: bool) -> None:
+        if keep != self.spec.keep_quantized_output:
+            spec = dataclasses.replace(self.spec, keep_quantized_output=bool(keep))
+            self._setup(self.weight, self.bias, spec, self.kernel, self.registry)
 
     def kernel_report(self) -> dict[str, Any]:
         """What ``lowbit.kernels.explain`` shows for this module."""

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.formats.affine import QParams
 from lowbit.formats.qtypes import IntType
 from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantLinear
-from lowbit.observers.hooks import ObserverHook
+from lowbit.observers.base import Observer
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, run_batch
@@ -103,69 +105,69 @@ def _fuse(model: nn.Module, example: Any) -> None:
     log.info("fused %d groups: %s", len(groups), groups)
 
 
+def _observe(module: nn.Module, observer: Observer, slot: int | None) -> RemovableHandle:
+    """Feed ``observer`` the module's input number ``slot``, or its output when None."""
+    if slot is None:
+        return module.register_forward_hook(lambda m, args, out: observer.observe(out))
+    return module.register_forward_pre_hook(lambda m, args: observer.observe(args[slot]))
+
+
 def _calibrate(
     model: nn.Module, plan: list[PlanEntry], batches: list[Any], model_outputs: set[str]
-) -> dict[str, tuple[Any, Any]]:
-    """Observe inputs and outputs of static modules (and outputs of Add modules).
+) -> dict[str, dict[str, QParams]]:
+    """Observe inputs and outputs of static modules and of ``Add`` modules; returns their
+    QParams by module name: {"input", "output"} (Add: also "other", its second input).
 
     Layers whose output is the model's output (logits) are observed with min/max whatever
     the recipe's observer: clipping the largest logits changes the model's decisions."""
-    hooks: dict[str, tuple[ObserverHook | None, ObserverHook]] = {}
-    for entry in plan:
-        if entry.spec.activation.mode != "static":
-            continue
+    static = [e for e in plan if e.spec.activation.mode == "static"]
+    slots = {"input": 0, "other": 1, "output": None}
+    observers: dict[str, dict[str, Observer]] = {}
+    for entry in static:
         a = entry.spec.activation
-        module = model.get_submodule(entry.name)
-        options = dict(a.observer_options)
-        out_observer = (
-            make_observer("minmax")
-            if entry.name in model_outputs
-            else make_observer(a.observer, **options)
-        )
-        hooks[entry.name] = (
-            ObserverHook(module, make_observer(a.observer, **options), on="input"),
-            ObserverHook(module, out_observer, on="output"),
-        )
-    static_observer = next(e.spec.activation for e in plan if e.spec.activation.mode == "static")
+        out_name = "minmax" if entry.name in model_outputs else a.observer
+        out_options = {} if entry.name in model_outputs else dict(a.observer_options)
+        observers[entry.name] = {
+            "input": make_observer(a.observer, **dict(a.observer_options)),
+            "output": make_observer(out_name, **out_options),
+        }
+    a = static[0].spec.activation
     for name, module in model.named_modules():
         if isinstance(module, Add):
-            opts = dict(static_observer.observer_options)
-            hooks[name] = (
-                None,
-                ObserverHook(module, make_observer(static_observer.observer, **opts)),
-            )
-    for pair in hooks.values():
-        for h in pair:
-            if h is not None:
-                h.attach()
+            observers[name] = {
+                k: make_observer(a.observer, **dict(a.observer_options)) for k in slots
+            }
+    handles = [
+        _observe(model.get_submodule(name), obs, slots[slot])
+        for name, per_slot in observers.items()
+        for slot, obs in per_slot.items()
+    ]
     try:
         with torch.no_grad():
             for i, batch in enumerate(track(batches, "calibrating", total=len(batches))):
                 run_batch(model, batch, i)
     finally:
-        for pair in hooks.values():
-            for h in pair:
-                if h is not None:
-                    h.detach()
+        for h in handles:
+            h.remove()
     return {
-        name: (
-            None
-            if inp is None
-            else inp.observer.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point"),
-            out.observer.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point"),
-        )
-        for name, (inp, out) in hooks.items()
+        name: {
+            slot: obs.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point")
+            for slot, obs in per_slot.items()
+        }
+        for name, per_slot in observers.items()
     }
 
 
-def _convert_module(module: nn.Module, spec: QuantSpec, qparams: tuple | None) -> nn.Module:
+def _convert_module(
+    module: nn.Module, spec: QuantSpec, qparams: dict[str, QParams] | None
+) -> nn.Module:
     parts = fused_parts(module)
     assert parts is not None
     float_module, relu = parts
     weight = quantize_weight(float_module.weight, spec.weight)
     kwargs: dict[str, Any] = {"mode": spec.activation.mode, "relu": relu}
     if qparams is not None:
-        kwargs["input_qparams"], kwargs["output_qparams"] = qparams
+        kwargs["input_qparams"], kwargs["output_qparams"] = qparams["input"], qparams["output"]
     cls = QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear
     return cls.from_float(float_module, weight, **kwargs)
 
@@ -252,7 +254,7 @@ def quantize(
     if not plan:
         raise _no_layer_error(model)
     static = any(e.spec.activation.mode == "static" for e in plan)
-    calibrated: dict[str, tuple] = {}
+    calibrated: dict[str, dict[str, QParams]] = {}
     batches = None
     if static or calib_data is not None:
         batches = collect_batches(calib_data, warn=static)
@@ -269,7 +271,14 @@ def quantize(
         set_module(qmodel, entry.name, new)
     for name, module in list(qmodel.named_modules()):
         if isinstance(module, Add) and name in calibrated:
-            set_module(qmodel, name, QuantAdd.from_float(module, calibrated[name][1]))
+            q = calibrated[name]
+            quant_add = QuantAdd.from_float(
+                module,
+                output_qparams=q["output"],
+                input_qparams=q["input"],
+                other_qparams=q["other"],
+            )
+            set_module(qmodel, name, quant_add)
     if static:
         qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
     qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
