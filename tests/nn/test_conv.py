@@ -119,8 +119,9 @@ def test_keep_quantized_output_can_be_switched_after_construction() -> None:
     conv = torch.nn.Conv2d(3, 4, 3)
     weight = IntPackedTensor.quantize(conv.weight.detach(), IntType(8, True), PerAxis(0))
     qp = activation_qparams(0.05, 128)
-    module = QuantConv2d.from_float(conv, weight, mode="static", input_qparams=qp,
-                                    output_qparams=qp)
+    module = QuantConv2d.from_float(
+        conv, weight, mode="static", input_qparams=qp, output_qparams=qp
+    )
     x = torch.randn(1, 3, 6, 6)
     assert not module(x).is_quantized
     module.keep_quantized_output = True

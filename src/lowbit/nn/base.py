@@ -10,7 +10,6 @@ so nothing is ever pickled.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
