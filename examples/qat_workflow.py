@@ -16,7 +16,7 @@ x, y = torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))
 
 qat = lowbit.prepare_qat(model, "int8-qat", example_inputs=x[:64])  # folds BN, fuses ReLU
 opt = torch.optim.SGD(qat.parameters(), lr=0.05)
-for step in range(20):  # your usual training loop
+for _ in range(20):  # your usual training loop
     opt.zero_grad()
     loss = nn.functional.cross_entropy(qat(x), y)
     loss.backward()  # straight-through estimator through the rounding

@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("script", ["ptq_workflows.py", "qat_workflow.py"])
 def test_example_runs(script: str) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / script)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "int8" in out.stdout
 
@@ -24,9 +28,20 @@ def test_example_runs(script: str) -> None:
 @pytest.mark.slow
 def test_demo_json_meets_the_issue_targets(tmp_path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lowbit.cli.main", "demo", "--json", "--repeats", "3",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "lowbit.cli.main",
+            "demo",
+            "--json",
+            "--repeats",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)

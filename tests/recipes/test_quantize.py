@@ -55,7 +55,11 @@ def _states_equal(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "int8-qat"])
+@pytest.mark.parametrize(
+    "preset",
+    [p for p in PRESETS if p not in ("int8-qat", "w8a8-smoothquant")]
+    + ["w8a16", "w4a16-g32", "w4a16-g128", "w3a16-g128-asym", "nf4-g64"],
+)
 def test_every_preset_runs_and_leaves_the_input_untouched(model, calib, preset) -> None:
     before = copy.deepcopy(model)
     qmodel = quantize(model, preset, calib_data=calib)
@@ -68,6 +72,8 @@ def test_every_preset_runs_and_leaves_the_input_untouched(model, calib, preset) 
         "binary": -10,
         "ternary": -5,
         "nf4": 10,
+        "nf4-g64": 10,
+        "w3a16-g128-asym": 5,
         "w4a16-g32": 12,
         "w4a16-g128": 12,
         "fp16": 40,
@@ -156,3 +162,10 @@ def test_residual_add_becomes_an_int8_add_and_int8_flows_through() -> None:
     x = torch.randn(4, 8, 8, 8).relu()
     with torch.no_grad():
         assert sqnr_db(model(x), qmodel(x)) > 25
+
+
+def test_block_algorithms_need_blocks(model, calib) -> None:
+    from lowbit.recipes.blocks import BlocksNotFoundError
+
+    with pytest.raises(BlocksNotFoundError, match="transformer blocks"):
+        quantize(model, "w8a8-smoothquant", calib_data=calib)

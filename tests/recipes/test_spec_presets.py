@@ -18,7 +18,14 @@ def test_every_preset_round_trips_through_json(name: str) -> None:
 
 
 def test_preset_contents() -> None:
-    assert get_recipe("w4a16-g32").spec.weight == WeightSpec("int4", PerGroup(32))
+    assert get_recipe("w4a16-g32").spec.weight == WeightSpec(
+        "int4", PerGroup(32), scale_dtype="float16"
+    )
+    asym = get_recipe("w3a16-g128-asym-gptq").spec
+    assert asym.algorithm == "gptq" and asym.weight.form == "zero_point"
+    assert not asym.weight.symmetric and asym.weight.format == "int3"
+    assert get_recipe("nf4-g64").spec.weight.granularity == PerGroup(64)
+    assert get_recipe("w8a8-smoothquant:0.8").spec.algorithm_options == (("alpha", 0.8),)
     assert get_recipe("int8-dynamic").spec.activation.mode == "dynamic"
     static = get_recipe("int8-static")
     assert static.spec.weight.granularity == PerAxis(0)
@@ -37,7 +44,8 @@ def test_observer_suffix() -> None:
     [
         ("int3-fancy", "unknown preset"),
         ("int8-static:median", "unknown observer"),
-        ("w8a16:entropy", "does not calibrate"),
+        ("w8a16:entropy", "unknown preset"),
+        ("int8-dynamic:entropy", "does not calibrate"),
         ("int8-static:entropy:3", "only the percentile"),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -15,9 +15,18 @@ from lowbit.errors import InvalidInputError, LowbitWarning
 RECOMMENDED_SAMPLES = 100  # below this, ranges are noisy; 1000-2000 is the usual advice
 
 
+class Call(NamedTuple):
+    """Positional and keyword inputs of one call (what a block of a transformer receives)."""
+
+    args: tuple
+    kwargs: dict
+
+
 def run_batch(model: nn.Module, batch: Any, index: int = 0) -> Any:
     """Call ``model`` on one batch; a failure becomes an error that says what was wrong."""
     try:
+        if isinstance(batch, Call):
+            return model(*batch.args, **batch.kwargs)
         if isinstance(batch, dict):
             return model(**batch)
         if isinstance(batch, tuple | list):
@@ -35,6 +44,8 @@ def describe_batch(batch: Any) -> str:
     """Shapes of a batch, for error messages."""
     if isinstance(batch, torch.Tensor):
         return f"tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, Call):
+        return describe_batch(batch.args) + " + " + describe_batch(batch.kwargs)
     if isinstance(batch, dict):
         return "dict(" + ", ".join(f"{k}={describe_batch(v)}" for k, v in batch.items()) + ")"
     if isinstance(batch, tuple | list):

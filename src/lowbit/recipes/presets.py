@@ -1,11 +1,14 @@
-"""Named recipes: ``w{bits}a{bits}[-g{group}][-asym]`` plus the classic names.
+"""Named recipes: the classic names (``PRESETS``) and the weight-only grammar
+``w{bits}a16[-g{group}][-asym][-gptq|-awq]`` (``nf4-g{group}`` likewise).
 
 ``int8-static:entropy`` picks the calibration observer after the colon; options of the
-percentile observer go after a second colon (``int8-static:percentile:99.9``).
+percentile observer go after a second colon (``int8-static:percentile:99.9``);
+``w8a8-smoothquant:0.8`` sets SmoothQuant's alpha.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from lowbit.errors import InvalidSpecError
@@ -34,17 +37,54 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     "int8-qat": lambda: Recipe(
         "int8-qat", "qat", QuantSpec(INT8_CHANNEL, ActivationSpec("static", "moving_average"))
     ),
-    "w8a16": lambda: _ptq("w8a16", INT8_CHANNEL),
-    "w4a16-g32": lambda: _ptq("w4a16-g32", WeightSpec("int4", PerGroup(32))),
-    "w4a16-g128": lambda: _ptq("w4a16-g128", WeightSpec("int4", PerGroup(128))),
+    "w8a8-dynamic": lambda: _ptq("w8a8-dynamic", INT8_CHANNEL, "dynamic"),
+    "w8a8-smoothquant": lambda: Recipe(
+        "w8a8-smoothquant",
+        "ptq",
+        QuantSpec(INT8_CHANNEL, ActivationSpec("dynamic"), "smoothquant", (("alpha", 0.5),)),
+    ),
     "nf4": lambda: _ptq("nf4", WeightSpec("nf4", PerGroup(64))),
     "ternary": lambda: _ptq("ternary", WeightSpec("ternary", PerAxis(0))),
     "binary": lambda: _ptq("binary", WeightSpec("binary", PerAxis(0))),
 }
 
 
+# Weight-only names: w4a16-g128, w3a16-g128-gptq, w4a16-g128-asym-awq, nf4-g64, ...
+_WEIGHT_ONLY = re.compile(
+    r"^(?:w(?P<bits>[1-8])a16|(?P<nf4>nf4))(?:-g(?P<group>\d+))?(?P<asym>-asym)?"
+    r"(?:-(?P<algo>gptq|awq))?$"
+)
+GRAMMAR = "w{bits}a16[-g{group}][-asym][-gptq|-awq] or nf4[-g{group}]"
+
+
+def _weight_only(name: str) -> Recipe | None:
+    m = _WEIGHT_ONLY.match(name)
+    if m is None:
+        return None
+    group = int(m["group"]) if m["group"] else None
+    if group is not None and group < 1:
+        raise InvalidSpecError(f"group size must be >= 1 in {name!r}")
+    asym = bool(m["asym"])
+    if m["nf4"]:
+        if asym or m["algo"]:
+            raise InvalidSpecError(f"{name!r}: nf4 takes no -asym, -gptq or -awq")
+        weight = WeightSpec("nf4", PerGroup(group or 64))
+    else:
+        granularity = PerGroup(group) if group else PerAxis(0)
+        weight = WeightSpec(
+            f"int{m['bits']}",
+            granularity,
+            symmetric=not asym,
+            form="zero_point" if asym else "offset",
+            scale_dtype="float16" if group else "float32",
+        )
+    spec = QuantSpec(weight, ActivationSpec("weight_only"), m["algo"] or "rtn")
+    return Recipe(name, "ptq", spec)
+
+
 def get_recipe(recipe: str | Recipe) -> Recipe:
-    """A Recipe object, or the preset of that name (see ``PRESETS``)."""
+    """A Recipe object, the preset of that name (``PRESETS``), or a weight-only name of the
+    grammar ``w{bits}a16[-g{group}][-asym][-gptq|-awq]``."""
     if isinstance(recipe, Recipe):
         return recipe
     if not isinstance(recipe, str):
@@ -53,13 +93,24 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
         )
     base, _, observer_part = recipe.partition(":")
     if base not in PRESETS:
-        raise InvalidSpecError(
-            f"unknown preset {recipe!r}; known presets: {', '.join(PRESETS)} "
-            "(static presets take an observer: int8-static:entropy)"
-        )
+        result = _weight_only(base)
+        if result is None or observer_part:
+            raise InvalidSpecError(
+                f"unknown preset {recipe!r}; known presets: {', '.join(PRESETS)}, and "
+                f"{GRAMMAR} (static presets take an observer: int8-static:entropy)"
+            )
+        return result
     result = PRESETS[base]()
     if not observer_part:
         return result
+    if result.spec is not None and result.spec.algorithm == "smoothquant":
+        alpha = float(observer_part)
+        if not 0.0 <= alpha <= 1.0:
+            raise InvalidSpecError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
+        spec = QuantSpec(
+            result.spec.weight, result.spec.activation, "smoothquant", (("alpha", alpha),)
+        )
+        return Recipe(recipe, "ptq", spec)
     if result.spec is None or result.spec.activation.mode != "static":
         raise InvalidSpecError(f"preset {base!r} does not calibrate; drop ':{observer_part}'")
     observer, _, value = observer_part.partition(":")

@@ -220,6 +220,27 @@ def _keep_int8_between_layers(model: nn.Module, example: Any) -> str:
     )
 
 
+def _quantize_calibrated_blocks(
+    model: nn.Module, plan: list[PlanEntry], calib_data: Iterable[Any] | None
+) -> None:
+    """GPTQ / AWQ / SmoothQuant: block-wise calibration of the Linear layers inside the
+    model's transformer blocks. Layers outside the blocks (the LM head, a pooler) are
+    quantized with round-to-nearest, as GPTQ and AWQ tools do."""
+    from lowbit.recipes.blocks import find_blocks
+    from lowbit.recipes.blockwise import quantize_blockwise
+
+    batches = collect_batches(calib_data)
+    prefix, _ = find_blocks(model)
+    inside = {e.name: e.spec for e in plan if e.name.startswith(prefix + ".")}
+    quantize_blockwise(model, inside, batches)
+    for entry in plan:
+        if entry.name not in inside:
+            rtn = QuantSpec(entry.spec.weight, entry.spec.activation)
+            set_module(
+                model, entry.name, _convert_module(model.get_submodule(entry.name), rtn, None)
+            )
+
+
 def quantize(
     model: nn.Module,
     recipe: str | Recipe,
@@ -253,6 +274,10 @@ def quantize(
     plan = _plan(qmodel, recipe)
     if not plan:
         raise _no_layer_error(model)
+    if any(e.spec.algorithm != "rtn" for e in plan):
+        _quantize_calibrated_blocks(qmodel, plan, calib_data)
+        qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
+        return qmodel
     static = any(e.spec.activation.mode == "static" for e in plan)
     calibrated: dict[str, dict[str, QParams]] = {}
     batches = None

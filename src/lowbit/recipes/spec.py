@@ -61,17 +61,28 @@ class ActivationSpec:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One module's treatment: weight storage plus activation handling."""
+    """One module's treatment: weight storage, activation handling, and the algorithm that
+    chooses the codes.
+
+    ``algorithm``: "rtn" (round to nearest), "gptq" (error-compensating rounding from the
+    input Hessian), "awq" (activation-aware channel scales and clipping, then rounding) or
+    "smoothquant" (activation outliers moved into the weights, then W8A8). All but "rtn"
+    need calibration data. ``algorithm_options`` are its keyword options, e.g.
+    (("damp", 0.01), ("act_order", True)) or (("alpha", 0.5),).
+    """
 
     weight: WeightSpec = field(default_factory=WeightSpec)
     activation: ActivationSpec = field(default_factory=ActivationSpec)
+    algorithm: str = "rtn"
+    algorithm_options: tuple[tuple[str, Any], ...] = ()
 
     def describe(self) -> str:
         a = self.activation
         act = {"weight_only": "float activations", "dynamic": "int8 dynamic activations"}.get(
             a.mode, f"int8 static activations ({a.observer})"
         )
-        return f"{self.weight.describe()}, {act}"
+        algo = "" if self.algorithm == "rtn" else f", {self.algorithm}"
+        return f"{self.weight.describe()}, {act}{algo}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,13 @@ class Recipe:
             w["granularity"] = granularity_to_dict(spec.weight.granularity)
             a = asdict(spec.activation)
             a["observer_options"] = [list(kv) for kv in spec.activation.observer_options]
-            return {"weight": w, "activation": a}
+            options = [list(kv) for kv in spec.algorithm_options]
+            return {
+                "weight": w,
+                "activation": a,
+                "algorithm": spec.algorithm,
+                "algorithm_options": options,
+            }
 
         return {
             "kind": self.kind,
@@ -154,7 +171,10 @@ class Recipe:
             w["granularity"] = granularity_from_dict(w["granularity"])
             a = dict(s["activation"])
             a["observer_options"] = tuple(tuple(kv) for kv in a.get("observer_options", ()))
-            return QuantSpec(WeightSpec(**w), ActivationSpec(**a))
+            options = tuple(tuple(kv) for kv in s.get("algorithm_options", ()))
+            return QuantSpec(
+                WeightSpec(**w), ActivationSpec(**a), s.get("algorithm", "rtn"), options
+            )
 
         return cls(
             name=d["name"],

@@ -1,0 +1,174 @@
+"""Calibrated weight algorithms (GPTQ, AWQ, SmoothQuant) applied one transformer block at a
+time: observe the block's Linear inputs on the outputs of the already quantized blocks,
+transform, quantize, replace, move on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidSpecError
+from lowbit.nn import QuantLinear
+from lowbit.recipes.batches import Call, run_batch
+from lowbit.recipes.blocks import calibrate_blocks
+from lowbit.recipes.fuse import set_module
+from lowbit.recipes.spec import QuantSpec
+from lowbit.recipes.trace import trace_flow
+from lowbit.recipes.weights import quantize_weight
+
+log = logging.getLogger(__name__)
+
+CALIBRATED_ALGORITHMS = ("gptq", "awq", "smoothquant")
+X_SAMPLE_ROWS = 4096  # activation rows kept per layer for AWQ's output-error search
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and friends: an elementwise weight we can fold scales into."""
+    weight = getattr(module, "weight", None)
+    return (
+        "norm" in type(module).__name__.lower()
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 1
+    )
+
+
+def norm_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]:
+    """(norm, [linears]) pairs inside ``block`` where the norm's output feeds only those
+    Linear layers, so per-input-channel scales can be folded into the norm exactly."""
+    flow = trace_flow(block, example)
+    modules = dict(block.named_modules())
+    groups = []
+    for name, module in modules.items():
+        if not name or not _is_norm(module):
+            continue
+        users = flow.consumers.get(name, [])
+        if users and all(isinstance(modules.get(u), nn.Linear) for u in users):
+            groups.append((name, sorted(set(users))))
+    return groups
+
+
+def _collect(
+    block: nn.Module, inputs: list[Call], linears: dict[str, nn.Linear], make: Any
+) -> dict[str, Any]:
+    """Run the block on every cached input with an observer on each Linear's input."""
+    observers = {name: make(module) for name, module in linears.items()}
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, o=observers[name]: o.observe(args[0]))
+        for name, module in linears.items()
+    ]
+    try:
+        with torch.no_grad():
+            for call in inputs:
+                run_batch(block, call)
+    finally:
+        for h in handles:
+            h.remove()
+    return observers
+
+
+def _options(spec: QuantSpec) -> dict[str, Any]:
+    return dict(spec.algorithm_options)
+
+
+def make_block_step(plan: dict[str, QuantSpec]) -> Any:
+    """The per-block function for calibrate_blocks: quantize the planned Linear layers of a
+    block with their spec's algorithm."""
+    from lowbit.algorithms import gptq, rtn  # noqa: F401  (fail early if missing)
+
+    def step(block_name: str, block: nn.Module, inputs: list[Call]) -> None:
+        linears = {
+            n: m
+            for n, m in block.named_modules()
+            if isinstance(m, nn.Linear) and f"{block_name}.{n}" in plan
+        }
+        if not linears:
+            return
+        specs = {n: plan[f"{block_name}.{n}"] for n in linears}
+        algorithms = {s.algorithm for s in specs.values()}
+        if algorithms - {"rtn", *CALIBRATED_ALGORITHMS}:
+            raise InvalidSpecError(
+                f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq or smoothquant"
+            )
+        if algorithms & {"awq", "smoothquant"}:
+            _scale_groups(block, inputs, linears, specs)
+        weights = _algorithm_weights(block, inputs, linears, specs)
+        for name, module in linears.items():
+            spec = specs[name]
+            weight = weights.get(name) or quantize_weight(module.weight, spec.weight)
+            set_module(
+                block, name, QuantLinear.from_float(module, weight, mode=spec.activation.mode)
+            )
+
+    return step
+
+
+def _scale_groups(block, inputs, linears, specs) -> None:
+    """AWQ / SmoothQuant: per-input-channel scales for norm → Linear groups, folded into the
+    norm (x / s) and the Linear weights (W · s): the float block computes the same."""
+    from lowbit.algorithms.transforms import awq, smoothquant
+    from lowbit.observers.channel_stats import ChannelStatsObserver
+
+    groups = [
+        (norm, [u for u in users if u in linears]) for norm, users in norm_groups(block, inputs[0])
+    ]
+    groups = [(n, us) for n, us in groups if us]
+    if not groups:
+        return
+    first = {users[0]: linears[users[0]] for _, users in groups}
+    stats = _collect(
+        block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
+    )
+    modules = dict(block.named_modules())
+    for norm_name, users in groups:
+        spec = specs[users[0]]
+        obs = stats[users[0]]
+        weights = [linears[u].weight.data for u in users]
+        if spec.algorithm == "smoothquant":
+            w_absmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
+            s = smoothquant.smoothquant_scales(
+                obs.absmax(), w_absmax, _options(spec).get("alpha", 0.5)
+            )
+        else:
+            quantize = _fake_quantizer(spec)
+            s = awq.awq_search_scales(weights, obs.sample(), obs.mean_abs(), quantize)
+        norm = modules[norm_name]
+        awq.fold_scales_into_norm(norm, s) if hasattr(
+            awq, "fold_scales_into_norm"
+        ) else smoothquant.fold_into_layernorm(norm.weight.data, getattr(norm, "bias", None), s)
+        for u in users:
+            linears[u].weight.data.mul_(s.to(linears[u].weight.dtype))
+
+
+def _fake_quantizer(spec: QuantSpec) -> Any:
+    def fake(w: torch.Tensor) -> torch.Tensor:
+        return quantize_weight(w, spec.weight).dequantize()
+
+    return fake
+
+
+def _algorithm_weights(block, inputs, linears, specs) -> dict[str, Any]:
+    """GPTQ codes from each Linear's input Hessian (one pass over the block)."""
+    from lowbit.algorithms.gptq import gptq_quantize_weight
+    from lowbit.observers.hessian import HessianObserver
+
+    gptq_layers = {n: m for n, m in linears.items() if specs[n].algorithm == "gptq"}
+    if not gptq_layers:
+        return {}
+    observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
+    return {
+        name: gptq_quantize_weight(
+            module.weight.data,
+            observers[name].hessian(),
+            specs[name].weight,
+            **_options(specs[name]),
+        )
+        for name, module in gptq_layers.items()
+    }
+
+
+def quantize_blockwise(model: nn.Module, plan: dict[str, QuantSpec], batches: list[Any]) -> None:
+    """Quantize the planned Linear layers inside the model's blocks, block by block."""
+    calibrate_blocks(model, batches, make_block_step(plan))

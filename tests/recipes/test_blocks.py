@@ -1,0 +1,87 @@
+"""Block-wise calibration: blocks are found by structure, the first block's inputs are
+captured at its boundary, and running blocks one by one equals the full forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
+from lowbit.recipes.blockwise import norm_groups
+
+
+def tiny_llama() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    return transformers.BertModel(config).eval()
+
+
+def test_blocks_are_found_by_known_names_and_by_structure() -> None:
+    assert find_blocks(tiny_llama())[0] == "model.layers"
+    assert find_blocks(tiny_bert())[0] == "encoder.layer"
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = nn.ModuleList(nn.Sequential(nn.Linear(4, 4)) for _ in range(3))
+
+    assert find_blocks(Custom())[0] == "stages"
+    with pytest.raises(BlocksNotFoundError, match="KNOWN_BLOCK_LISTS"):
+        find_blocks(nn.Sequential(nn.Linear(3, 3)))
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_bert])
+def test_block_by_block_equals_the_full_forward(make) -> None:
+    model = make()
+    batches = [torch.randint(0, 128, (2, 12)) for _ in range(3)]
+    _, blocks = find_blocks(model)
+    full: list[torch.Tensor] = []
+    handle = blocks[-1].register_forward_hook(
+        lambda m, a, out: full.append(out[0] if isinstance(out, tuple) else out)
+    )
+    with torch.no_grad():
+        for b in batches:
+            model(input_ids=b)
+    handle.remove()
+    seen: list[str] = []
+    final = calibrate_blocks(model, batches, lambda name, block, inputs: seen.append(name))
+    assert seen == [f"{find_blocks(model)[0]}.{i}" for i in range(len(blocks))]
+    assert len(final) == len(full)
+    for call, ref in zip(final, full, strict=True):
+        assert torch.equal(call.args[0], ref)
+
+
+def test_norm_groups_of_a_llama_block() -> None:
+    model = tiny_llama()
+    batches = [torch.randint(0, 128, (1, 8))]
+    groups = {}
+
+    def step(name, block, inputs):
+        groups.update(norm_groups(block, inputs[0]))
+
+    calibrate_blocks(model, batches, step)
+    assert groups["input_layernorm"] == ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"]
+    assert groups["post_attention_layernorm"] == ["mlp.gate_proj", "mlp.up_proj"]
