@@ -77,3 +77,27 @@ def test_wrong_architecture_is_refused(tmp_path) -> None:
     other = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Linear(3, 3))
     with pytest.raises(InvalidInputError, match="architecture does not match"):
         load(folder, other)
+
+
+def test_transformers_model_reloads_without_passing_the_architecture(tmp_path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    qmodel = quantize(model, "w4a16-g32")
+    folder = save(qmodel, tmp_path / "llama")
+    loaded = load(folder)
+    ids = torch.randint(0, 96, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
+    with pytest.raises(InvalidInputError, match="pass its architecture"):
+        load(save(quantize(_model(), "int8-dynamic"), tmp_path / "plain"))

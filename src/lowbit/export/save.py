@@ -77,6 +77,7 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
         if isinstance(model, CastModel)
         else None,
         "modules": entries,
+        "transformers": _transformers_architecture(model),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -94,6 +95,31 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _transformers_architecture(model: nn.Module) -> dict[str, Any] | None:
+    """For a transformers model: its class name and config, so load() can rebuild the float
+    architecture without the user passing it."""
+    inner = model.inner if isinstance(model, CastModel) else model
+    config = getattr(inner, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    return {"class": type(inner).__name__, "config": config.to_dict()}
+
+
+def _transformers_skeleton(spec: dict[str, Any]) -> nn.Module:
+    """An untrained instance of the saved transformers architecture (weights are loaded
+    over it)."""
+    from lowbit.errors import require
+
+    transformers = require("transformers", "hf")
+    cls = getattr(transformers, spec["class"], None)
+    if cls is None:
+        raise UnsupportedFormatError(
+            f"this transformers version has no {spec['class']}; upgrade transformers"
+        )
+    config = cls.config_class.from_dict(spec["config"])
+    return cls(config).eval()  # real init: non-persistent buffers (rotary tables) matter
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -118,10 +144,18 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def load(folder: str | os.PathLike, model: nn.Module) -> nn.Module:
+def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved quantized model on the float architecture ``model`` (not modified:
-    a copy is filled). Outputs are bit-identical to the model that was saved."""
+    a copy is filled); for transformers models the architecture is in the manifest and
+    ``model`` may be omitted. Outputs are bit-identical to the model that was saved."""
     manifest = read_manifest(folder)
+    if model is None:
+        if manifest.get("transformers") is None:
+            raise InvalidInputError(
+                f"{folder} holds a plain PyTorch model: pass its architecture, "
+                "lowbit.load(folder, MyModel())"
+            )
+        model = _transformers_skeleton(manifest["transformers"])
     try:
         tensors = safetensors.torch.load_file(str(Path(folder) / WEIGHTS))
     except Exception as exc:  # safetensors raises its own error types for damaged files
