@@ -76,7 +76,6 @@ def _options(spec: QuantSpec) -> dict[str, Any]:
 def make_block_step(plan: dict[str, QuantSpec]) -> Any:
     """The per-block function for calibrate_blocks: quantize the planned Linear layers of a
     block with their spec's algorithm."""
-    from lowbit.algorithms import gptq, rtn  # noqa: F401  (fail early if missing)
 
     def step(block_name: str, block: nn.Module, inputs: list[Call]) -> None:
         linears = {
@@ -92,12 +91,15 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
             raise InvalidSpecError(
                 f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq or smoothquant"
             )
+        clips = {}
         if algorithms & {"awq", "smoothquant"}:
-            _scale_groups(block, inputs, linears, specs)
+            clips = _scale_groups(block, inputs, linears, specs)
         weights = _algorithm_weights(block, inputs, linears, specs)
         for name, module in linears.items():
             spec = specs[name]
-            weight = weights.get(name) or quantize_weight(module.weight, spec.weight)
+            weight = weights.get(name) or quantize_weight(
+                module.weight, spec.weight, clip=clips.get(name)
+            )
             set_module(
                 block, name, QuantLinear.from_float(module, weight, mode=spec.activation.mode)
             )
@@ -105,10 +107,18 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
     return step
 
 
-def _scale_groups(block, inputs, linears, specs) -> None:
+def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
     """AWQ / SmoothQuant: per-input-channel scales for norm → Linear groups, folded into the
-    norm (x / s) and the Linear weights (W · s): the float block computes the same."""
-    from lowbit.algorithms.transforms import awq, smoothquant
+    norm (x / s) and the Linear weights (W · s), so the float block computes the same.
+    Returns AWQ clip ranges for the scaled Linear layers (name -> clip)."""
+    from lowbit.algorithms.transforms import (
+        awq_clip_range,
+        awq_search_clip,
+        awq_search_scales,
+        fold_into_layernorm,
+        input_channel_absmax,
+        smoothquant_scales,
+    )
     from lowbit.observers.channel_stats import ChannelStatsObserver
 
     groups = [
@@ -116,30 +126,49 @@ def _scale_groups(block, inputs, linears, specs) -> None:
     ]
     groups = [(n, us) for n, us in groups if us]
     if not groups:
-        return
+        return {}
     first = {users[0]: linears[users[0]] for _, users in groups}
     stats = _collect(
         block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
     )
     modules = dict(block.named_modules())
+    clips: dict[str, tuple] = {}
     for norm_name, users in groups:
         spec = specs[users[0]]
         obs = stats[users[0]]
         weights = [linears[u].weight.data for u in users]
         if spec.algorithm == "smoothquant":
-            w_absmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
-            s = smoothquant.smoothquant_scales(
-                obs.absmax(), w_absmax, _options(spec).get("alpha", 0.5)
-            )
+            alpha = _options(spec).get("alpha", 0.5)
+            s = smoothquant_scales(obs.max_abs, input_channel_absmax(weights), alpha)
+        elif spec.algorithm == "awq":
+            s = awq_search_scales(weights, obs.sample, obs.mean_abs, _fake_quantizer(spec))
         else:
-            quantize = _fake_quantizer(spec)
-            s = awq.awq_search_scales(weights, obs.sample(), obs.mean_abs(), quantize)
+            continue
         norm = modules[norm_name]
-        awq.fold_scales_into_norm(norm, s) if hasattr(
-            awq, "fold_scales_into_norm"
-        ) else smoothquant.fold_into_layernorm(norm.weight.data, getattr(norm, "bias", None), s)
+        bias = getattr(norm, "bias", None)
+        new_weight, new_bias = fold_into_layernorm(
+            norm.weight.data, None if bias is None else bias.data, s
+        )
+        norm.weight.data.copy_(new_weight)
+        if bias is not None:
+            bias.data.copy_(new_bias)
         for u in users:
             linears[u].weight.data.mul_(s.to(linears[u].weight.dtype))
+        group = getattr(spec.weight.granularity, "size", None)
+        if spec.algorithm == "awq" and group is not None:
+            x_scaled = obs.sample / s
+            for u in users:
+                w = linears[u].weight.data
+                max_val = awq_search_clip(
+                    w,
+                    x_scaled,
+                    group,
+                    lambda rows, clip, sp=spec: quantize_weight(
+                        rows, sp.weight, clip=clip
+                    ).dequantize(),
+                )
+                clips[u] = awq_clip_range(w, max_val, group)
+    return clips
 
 
 def _fake_quantizer(spec: QuantSpec) -> Any:
@@ -151,12 +180,12 @@ def _fake_quantizer(spec: QuantSpec) -> Any:
 
 def _algorithm_weights(block, inputs, linears, specs) -> dict[str, Any]:
     """GPTQ codes from each Linear's input Hessian (one pass over the block)."""
-    from lowbit.algorithms.gptq import gptq_quantize_weight
-    from lowbit.observers.hessian import HessianObserver
-
     gptq_layers = {n: m for n, m in linears.items() if specs[n].algorithm == "gptq"}
     if not gptq_layers:
         return {}
+    from lowbit.algorithms.gptq import gptq_quantize_weight
+    from lowbit.observers.hessian import HessianObserver
+
     observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
     return {
         name: gptq_quantize_weight(

@@ -3,6 +3,8 @@ the storage tensors')."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lowbit.errors import InvalidSpecError
@@ -20,12 +22,13 @@ from lowbit.tensors.base import QTensor
 _SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def quantize_weight(weight: torch.Tensor, spec: WeightSpec) -> QTensor:
+def quantize_weight(weight: torch.Tensor, spec: WeightSpec, *, clip: Any = None) -> QTensor:
     """The QTensor of ``weight``.
 
     Conv kernels (O, I, kh, kw) under a group spec are quantized per output channel instead:
     groups along a conv's last axis would split kernel rows, and no conv kernel reads
-    groups (docs/decisions.md).
+    groups (docs/decisions.md). ``clip`` (integer formats) is a clip range of the
+    parameter shape, e.g. AWQ's searched ranges.
     """
     qtype = get_qtype(spec.format)
     scale_dtype = _SCALE_DTYPES.get(spec.scale_dtype)
@@ -46,6 +49,7 @@ def quantize_weight(weight: torch.Tensor, spec: WeightSpec) -> QTensor:
             symmetric=spec.symmetric,
             form=spec.form,  # type: ignore[arg-type]
             scale_dtype=scale_dtype,
+            clip=clip,
         )
     if isinstance(qtype, CodebookType):
         return CodebookPackedTensor.quantize(w, qtype, granularity, scale_dtype=scale_dtype)
