@@ -85,3 +85,31 @@ def test_norm_groups_of_a_llama_block() -> None:
     calibrate_blocks(model, batches, step)
     assert groups["input_layernorm"] == ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"]
     assert groups["post_attention_layernorm"] == ["mlp.gate_proj", "mlp.up_proj"]
+
+
+@pytest.mark.parametrize(
+    "preset", ["w4a16-g32-gptq", "w4a16-g32-awq", "w8a8-smoothquant", "w3a16-g32-asym-gptq"]
+)
+def test_calibrated_presets_quantize_every_block_linear(preset) -> None:
+    import warnings
+
+    from lowbit.eval.metrics import sqnr_db
+    from lowbit.nn import QuantLinear
+    from lowbit.recipes import quantize
+
+    model = tiny_llama()
+    batches = [torch.randint(0, 128, (1, 32)) for _ in range(8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 8 samples: the small-calibration warning
+        qmodel = quantize(model, preset, calib_data=batches)
+    linears = [n for n, m in qmodel.named_modules() if isinstance(m, nn.Linear)]
+    assert linears == []  # every Linear, in blocks and the head, is quantized
+    assert all(
+        isinstance(m, QuantLinear)
+        for n, m in qmodel.named_modules()
+        if n.endswith(("q_proj", "down_proj", "lm_head"))
+    )
+    x = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():
+        assert sqnr_db(model(x).logits, qmodel(x).logits) > 5
+    assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear  # input untouched

@@ -183,19 +183,38 @@ def _algorithm_weights(block, inputs, linears, specs) -> dict[str, Any]:
     gptq_layers = {n: m for n, m in linears.items() if specs[n].algorithm == "gptq"}
     if not gptq_layers:
         return {}
-    from lowbit.algorithms.gptq import gptq_quantize_weight
     from lowbit.observers.hessian import HessianObserver
 
     observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
     return {
-        name: gptq_quantize_weight(
-            module.weight.data,
-            observers[name].hessian(),
-            specs[name].weight,
-            **_options(specs[name]),
-        )
+        name: gptq_weight(module.weight.data, observers[name].hessian(), specs[name])
         for name, module in gptq_layers.items()
     }
+
+
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> Any:
+    """GPTQ-rounded IntPackedTensor of ``weight`` for an integer weight spec."""
+    from lowbit.algorithms.gptq import gptq_quantize
+    from lowbit.formats.granularity import PerGroup
+    from lowbit.formats.qtypes import IntType, get_qtype
+    from lowbit.recipes.weights import scale_dtype_of
+    from lowbit.tensors import IntPackedTensor
+
+    w = spec.weight
+    qtype = get_qtype(w.format)
+    if not isinstance(qtype, IntType):
+        raise InvalidSpecError(f"GPTQ rounds integer formats, not {w.format!r}")
+    group = w.granularity.size if isinstance(w.granularity, PerGroup) else None
+    codes, qparams = gptq_quantize(
+        weight.float(),
+        hessian,
+        qtype=IntType(qtype.bits, w.symmetric),
+        group_size=group,
+        symmetric=w.symmetric,
+        form=w.form,
+        **_options(spec),
+    )
+    return IntPackedTensor.from_codes(codes, qparams, scale_dtype=scale_dtype_of(w))
 
 
 def quantize_blockwise(model: nn.Module, plan: dict[str, QuantSpec], batches: list[Any]) -> None:

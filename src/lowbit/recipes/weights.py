@@ -22,6 +22,16 @@ from lowbit.tensors.base import QTensor
 _SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def scale_dtype_of(spec: WeightSpec) -> torch.dtype:
+    """The torch dtype of a spec's stored scales."""
+    dtype = _SCALE_DTYPES.get(spec.scale_dtype)
+    if dtype is None:
+        raise InvalidSpecError(
+            f"scale_dtype {spec.scale_dtype!r} is not one of {', '.join(_SCALE_DTYPES)}"
+        )
+    return dtype
+
+
 def quantize_weight(weight: torch.Tensor, spec: WeightSpec, *, clip: Any = None) -> QTensor:
     """The QTensor of ``weight``.
 
@@ -31,11 +41,7 @@ def quantize_weight(weight: torch.Tensor, spec: WeightSpec, *, clip: Any = None)
     parameter shape, e.g. AWQ's searched ranges.
     """
     qtype = get_qtype(spec.format)
-    scale_dtype = _SCALE_DTYPES.get(spec.scale_dtype)
-    if scale_dtype is None:
-        raise InvalidSpecError(
-            f"scale_dtype {spec.scale_dtype!r} is not one of {', '.join(_SCALE_DTYPES)}"
-        )
+    scale_dtype = scale_dtype_of(spec)
     w = weight.detach().to(torch.float32)
     granularity = spec.granularity
     if isinstance(granularity, PerGroup) and w.dim() > 2:
