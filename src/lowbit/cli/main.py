@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from lowbit.cli import demo_cmd, explain_cmd, size_cmd
+from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, quantize_cmd, size_cmd
 from lowbit.errors import LowbitError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.command("explain")(explain_cmd.explain)
 app.command("size")(size_cmd.size)
 app.command("demo")(demo_cmd.demo)
+app.command("eval")(eval_cmd.eval_model)
+app.command("quantize")(quantize_cmd.quantize_model)
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

