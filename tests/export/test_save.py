@@ -101,3 +101,29 @@ def test_transformers_model_reloads_without_passing_the_architecture(tmp_path) -
         assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
     with pytest.raises(InvalidInputError, match="pass its architecture"):
         load(save(quantize(_model(), "int8-dynamic"), tmp_path / "plain"))
+
+
+def test_tied_weights_are_stored_once(tmp_path) -> None:
+    import transformers
+
+    from lowbit.recipes import get_recipe
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    qmodel = quantize(model, get_recipe("w8a16").skip("lm_head"))  # the head stays tied
+    folder = save(qmodel, tmp_path / "tied")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    loaded = load(folder)
+    ids = torch.randint(0, 96, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(qmodel(ids).logits, loaded(ids).logits)

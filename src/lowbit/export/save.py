@@ -65,9 +65,17 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
         for key, t in module_tensors.items():
             tensors[f"q.{name}.{key}"] = t.contiguous()
     quant_prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
+    aliases: dict[str, str] = {}  # tied weights (an LM head sharing the embedding) stored once
+    first_of: dict[tuple, str] = {}
     for key, t in model.state_dict().items():
-        if not key.startswith(quant_prefixes):
-            tensors[f"f.{key}"] = t.contiguous()
+        if key.startswith(quant_prefixes):
+            continue
+        identity = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and identity in first_of:
+            aliases[key] = first_of[identity]
+            continue
+        first_of[identity] = key
+        tensors[f"f.{key}"] = t.contiguous()
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -77,6 +85,7 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
         if isinstance(model, CastModel)
         else None,
         "modules": entries,
+        "aliases": aliases,
         "transformers": _transformers_architecture(model),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +183,9 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
             "model class that was quantized"
         ) from exc
     float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("f.")}
+    for key, original in manifest.get("aliases", {}).items():
+        if original in float_state:
+            float_state[key] = float_state[original]
     missing, unexpected = _load_float_state(result, float_state, manifest["modules"])
     if missing or unexpected:
         raise InvalidInputError(
