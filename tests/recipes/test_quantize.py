@@ -169,3 +169,17 @@ def test_block_algorithms_need_blocks(model, calib) -> None:
 
     with pytest.raises(BlocksNotFoundError, match="transformer blocks"):
         quantize(model, "w8a8-smoothquant", calib_data=calib)
+
+
+def test_embeddings_option_quantizes_tables_per_row() -> None:
+    from lowbit.nn import QuantEmbedding
+    from lowbit.recipes import get_recipe
+
+    model = nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 4)).eval()
+    qmodel = quantize(model, get_recipe("w8a16").with_embeddings("int8"))
+    assert isinstance(qmodel[0], QuantEmbedding)
+    # 1 byte per weight + a float32 scale per 16-wide row (and the Linear's bias)
+    assert model_nbytes(qmodel) < 0.32 * model_nbytes(model)
+    ids = torch.randint(0, 100, (2, 5))
+    with torch.no_grad():
+        assert sqnr_db(model(ids), qmodel(ids)) > 30

@@ -27,7 +27,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
-from lowbit.nn import CastModel, QuantAdd, QuantConv2d, QuantLinear
+from lowbit.nn import CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
 from lowbit.recipes.fuse import set_module
 
 FORMAT_NAME = "lowbit-model"
@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 QUANT_MODULES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (QuantLinear, QuantConv2d, QuantAdd)
+    cls.__name__: cls for cls in (QuantLinear, QuantConv2d, QuantAdd, QuantEmbedding)
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lowbit.kernels.embedding import EMBEDDING_ENTRIES
 from lowbit.kernels.explain import KernelRow, KernelTable, explain
 from lowbit.kernels.int8 import INT8_ENTRIES
 from lowbit.kernels.reference import REFERENCE_ENTRIES, REFERENCE_NAME
@@ -31,7 +32,9 @@ from lowbit.kernels.registry import (
 from lowbit.kernels.weight_only import WEIGHT_ONLY_ENTRIES
 from lowbit.tensors import QTensor
 
-DEFAULT_REGISTRY = KernelRegistry(INT8_ENTRIES + WEIGHT_ONLY_ENTRIES + REFERENCE_ENTRIES)
+DEFAULT_REGISTRY = KernelRegistry(
+    INT8_ENTRIES + WEIGHT_ONLY_ENTRIES + EMBEDDING_ENTRIES + REFERENCE_ENTRIES
+)
 
 
 def select_kernel(

@@ -121,6 +121,11 @@ def add_ref(state: dict, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return finish_output(y, spec, a)
 
 
+def embedding_ref(state: dict, ids: torch.Tensor) -> torch.Tensor:
+    """rows of dequantize(W)."""
+    return F.embedding(ids, state["weight"])
+
+
 REFERENCE_ENTRIES: tuple[KernelEntry, ...] = tuple(
     KernelEntry(
         op=op,
@@ -136,5 +141,6 @@ REFERENCE_ENTRIES: tuple[KernelEntry, ...] = tuple(
         ("linear", linear_ref, "dequantize W, float32 F.linear (activations simulated)"),
         ("conv2d", conv2d_ref, "dequantize W, float32 F.conv2d (activations simulated)"),
         ("add", add_ref, "dequantize inputs, float32 add, fake-quantize the output"),
+        ("embedding", embedding_ref, "dequantize the table, float32 lookup"),
     )
 )

@@ -26,9 +26,9 @@ from lowbit.formats.granularity import Granularity, PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import IntType
 from lowbit.tensors import IntPackedTensor, QTensor
 
-Op = Literal["linear", "conv2d", "add"]
+Op = Literal["linear", "conv2d", "add", "embedding"]
 Mode = Literal["weight_only", "dynamic", "static"]
-OPS: tuple[str, ...] = ("linear", "conv2d", "add")
+OPS: tuple[str, ...] = ("linear", "conv2d", "add", "embedding")
 MODES: tuple[str, ...] = ("weight_only", "dynamic", "static")
 UINT8 = IntType(8, False)
 
@@ -144,6 +144,10 @@ class LayerSpec:
             raise InvalidSpecError(f"unknown op {self.op!r}; use one of {OPS}")
         if self.mode not in MODES:
             raise InvalidSpecError(f"unknown mode {self.mode!r}; use one of {MODES}")
+        if self.op == "embedding" and self.mode != "weight_only":
+            raise InvalidSpecError(
+                "an embedding lookup has no input to quantize: mode='weight_only'"
+            )
         if self.op == "add" and self.mode != "static":
             raise InvalidSpecError("a quantized add is static only; use mode='static'")
         if self.mode == "static":

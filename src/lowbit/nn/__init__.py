@@ -12,6 +12,15 @@ from lowbit.nn.add import Add, QuantAdd
 from lowbit.nn.base import KernelModule
 from lowbit.nn.cast import CastModel
 from lowbit.nn.conv import QuantConv2d
+from lowbit.nn.embedding import QuantEmbedding
 from lowbit.nn.linear import QuantLinear
 
-__all__ = ["Add", "CastModel", "KernelModule", "QuantAdd", "QuantConv2d", "QuantLinear"]
+__all__ = [
+    "Add",
+    "CastModel",
+    "KernelModule",
+    "QuantAdd",
+    "QuantConv2d",
+    "QuantEmbedding",
+    "QuantLinear",
+]

@@ -18,15 +18,16 @@ from torch.utils.hooks import RemovableHandle
 
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams
+from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
-from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantLinear
+from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
 from lowbit.observers.base import Observer
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, run_batch
 from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
 from lowbit.recipes.presets import get_recipe
-from lowbit.recipes.spec import QuantSpec, Recipe
+from lowbit.recipes.spec import QuantSpec, Recipe, WeightSpec
 from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight
 
@@ -276,6 +277,7 @@ def quantize(
         raise _no_layer_error(model)
     if any(e.spec.algorithm != "rtn" for e in plan):
         _quantize_calibrated_blocks(qmodel, plan, calib_data)
+        _quantize_embeddings(qmodel, recipe)
         qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
         return qmodel
     static = any(e.spec.activation.mode == "static" for e in plan)
@@ -306,8 +308,21 @@ def quantize(
             set_module(qmodel, name, quant_add)
     if static:
         qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
+    _quantize_embeddings(qmodel, recipe)
     qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
     return qmodel
+
+
+def _quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
+    """With ``recipe.embeddings`` ("int8"), every nn.Embedding table is quantized per row
+    (an embedding table is often the largest tensor of an encoder)."""
+    if recipe.embeddings is None:
+        return
+    spec = WeightSpec(recipe.embeddings, PerAxis(0))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Embedding) and recipe.spec_for(name) is not None:
+            weight = quantize_weight(module.weight, spec)
+            set_module(model, name, QuantEmbedding.from_float(module, weight))
 
 
 def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[str, Any]]:

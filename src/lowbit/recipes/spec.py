@@ -108,6 +108,7 @@ class Recipe:
     spec: QuantSpec | None = None
     cast_dtype: str | None = None
     rules: tuple[Rule, ...] = ()
+    embeddings: str | None = None
     version: int = RECIPE_VERSION
 
     def spec_for(self, module_name: str) -> QuantSpec | None:
@@ -124,6 +125,10 @@ class Recipe:
     def skip(self, *patterns: str) -> Recipe:
         """A copy that leaves modules matching any pattern in float."""
         return self.with_rules(*(Rule(p, None) for p in patterns))
+
+    def with_embeddings(self, format: str = "int8") -> Recipe:
+        """A copy that also quantizes nn.Embedding tables (per row, e.g. "int8")."""
+        return replace(self, embeddings=format)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (granularities as dicts)."""
@@ -150,6 +155,7 @@ class Recipe:
             "spec": spec_dict(self.spec),
             "cast_dtype": self.cast_dtype,
             "rules": [{"pattern": r.pattern, "spec": spec_dict(r.spec)} for r in self.rules],
+            "embeddings": self.embeddings,
         }
 
     @classmethod
@@ -182,5 +188,6 @@ class Recipe:
             spec=spec_parse(d.get("spec")),
             cast_dtype=d.get("cast_dtype"),
             rules=tuple(Rule(r["pattern"], spec_parse(r["spec"])) for r in d.get("rules", ())),
+            embeddings=d.get("embeddings"),
             version=version,
         )

