@@ -113,3 +113,13 @@ def test_calibrated_presets_quantize_every_block_linear(preset) -> None:
     with torch.no_grad():
         assert sqnr_db(model(x).logits, qmodel(x).logits) > 5
     assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear  # input untouched
+
+
+def test_generate_works_on_a_quantized_causal_lm() -> None:
+    from lowbit.recipes import quantize
+
+    model = tiny_llama()
+    qmodel = quantize(model, "w4a16-g32")
+    ids = torch.randint(0, 128, (1, 5))
+    out = qmodel.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    assert out.shape == (1, 9) and torch.equal(out[:, :5], ids)
