@@ -132,3 +132,27 @@ def test_static_float_input_without_input_qparams_is_an_error() -> None:
     state = entry.prepare(w, None, spec)
     with pytest.raises(InvalidInputError, match="input_qparams"):
         entry.run(state, torch.randn(2, 16))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 32])
+@pytest.mark.parametrize("relu", [False, True])
+def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool) -> None:
+    from lowbit.formats.granularity import PerAxis
+    from lowbit.formats.qtypes import IntType
+    from lowbit.kernels import REFERENCE_NAME
+    from lowbit.nn import QuantLinear
+    from lowbit.tensors import IntPackedTensor
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 24)
+    weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    fast = QuantLinear.from_float(linear, weight, mode="dynamic", per_token=True, relu=relu)
+    ref = QuantLinear.from_float(
+        linear, weight, mode="dynamic", per_token=True, relu=relu, kernel=REFERENCE_NAME
+    )
+    assert fast.kernel_name == "int8 dynamic per-token (torch._int_mm)"
+    x = torch.randn(batch, 5, 48)
+    x[0, 0] *= 50  # an outlier token: per-token scales keep the other tokens precise
+    out, expected = fast(x), ref(x)
+    assert out.shape == (batch, 5, 24)
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -69,7 +69,43 @@ def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
 def _dyn_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
     if spec.mode != "dynamic":
         return f"runs mode='dynamic' only, the layer is {spec.mode!r}"
+    if spec.per_token:
+        return "quantizes activations per batch; the layer asks for per-token scales"
     return int8_weight_reason(weight, 2)
+
+
+def _per_token_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
+    if spec.mode != "dynamic" or not spec.per_token:
+        return "runs mode='dynamic' with per-token activation scales only"
+    return int8_weight_reason(weight, 2)
+
+
+def _per_token_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec):
+    n = weight.shape[0]
+    scale = weight.scale.float().reshape(-1).expand(n).contiguous()
+    return {
+        "weight_t": weight.codes().t().contiguous(),  # (K, N) int8 for _int_mm
+        "scale": scale,
+        "bias": None if bias is None else bias.float(),
+        "spec": spec,
+    }
+
+
+def _per_token_run(state: dict, x: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per row: s_m = max|x_m| / 127, q = round(x / s), int8 x int8 -> int32
+    (torch._int_mm), y = acc · s_m · s_w + b. Arithmetic as formats.affine (half-even)."""
+    check_float_input(x, "input")
+    spec = state["spec"]
+    rows = x.reshape(-1, x.shape[-1]).float()
+    s = rows.abs().amax(dim=1, keepdim=True) / 127
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.round(rows / s).clamp_(-127, 127).to(torch.int8)
+    y = torch._int_mm(q, state["weight_t"]).float() * s * state["scale"]
+    if state["bias"] is not None:
+        y = y + state["bias"]
+    if spec.relu:
+        y = torch.relu(y)
+    return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
 def _linear_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec) -> dict:
@@ -160,6 +196,15 @@ def _add_run(state: dict, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 INT8_ENTRIES: tuple[KernelEntry, ...] = (
+    KernelEntry(
+        op="linear",
+        name="int8 dynamic per-token (torch._int_mm)",
+        priority=100,
+        applies=_per_token_applies,
+        prepare=_per_token_prepare,
+        run=_per_token_run,
+        summary="int8 per-token activations x int8 per-channel weights, int32 acc",
+    ),
     KernelEntry(
         op="linear",
         name="int8 dynamic (quantized.linear_dynamic, x86/fbgemm)",

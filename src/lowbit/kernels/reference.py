@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from lowbit.errors import InvalidInputError
 from lowbit.formats.affine import QParams, choose_qparams, fake_quantize
-from lowbit.formats.granularity import PerTensor
+from lowbit.formats.granularity import PerAxis, PerTensor
 from lowbit.kernels.registry import (
+    INT8,
     UINT8,
     KernelEntry,
     LayerSpec,
@@ -64,6 +65,10 @@ def simulate_input(x: torch.Tensor, spec: LayerSpec, qparams: QParams | None) ->
     xf = x.float()
     if spec.mode == "weight_only":
         return xf
+    if spec.mode == "dynamic" and spec.per_token:
+        rows = xf.reshape(-1, xf.shape[-1])
+        qparams = choose_qparams(rows, INT8, PerAxis(0))
+        return fake_quantize(rows, qparams).reshape(xf.shape)
     if spec.mode == "dynamic":
         qparams = choose_qparams(xf, UINT8, PerTensor(), symmetric=False, form="zero_point")
     elif qparams is None:

@@ -31,6 +31,7 @@ Mode = Literal["weight_only", "dynamic", "static"]
 OPS: tuple[str, ...] = ("linear", "conv2d", "add", "embedding")
 MODES: tuple[str, ...] = ("weight_only", "dynamic", "static")
 UINT8 = IntType(8, False)
+INT8 = IntType(8, True)
 
 # Deprecation warnings of the quint8/qint8 tensor API and torch.ao (torch 2.13); silenced
 # only inside kernels, never globally (see /docs/decisions.md, "Kernels").
@@ -125,6 +126,8 @@ class LayerSpec:
         output_qparams: static: QParams of the output.
         keep_quantized_output: static: return a torch quint8 tensor (for the next int8
             layer) instead of float.
+        per_token: dynamic: one symmetric int8 scale per token (row of the input) instead
+            of one uint8 scale and zero point per batch; robust to outlier tokens.
     """
 
     op: str
@@ -138,12 +141,15 @@ class LayerSpec:
     other_qparams: QParams | None = None
     output_qparams: QParams | None = None
     keep_quantized_output: bool = False
+    per_token: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise InvalidSpecError(f"unknown op {self.op!r}; use one of {OPS}")
         if self.mode not in MODES:
             raise InvalidSpecError(f"unknown mode {self.mode!r}; use one of {MODES}")
+        if self.per_token and self.mode != "dynamic":
+            raise InvalidSpecError("per_token applies to mode='dynamic' only")
         if self.op == "embedding" and self.mode != "weight_only":
             raise InvalidSpecError(
                 "an embedding lookup has no input to quantize: mode='weight_only'"

@@ -41,6 +41,7 @@ def spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
         "relu": spec.relu,
         "keep_quantized_output": spec.keep_quantized_output,
         "groups": spec.groups,
+        "per_token": spec.per_token,
     }
     out.update({name: list(getattr(spec, name)) for name in _GEOMETRY})
     out.update({name: qparams_to_dict(getattr(spec, name)) for name in _QPARAM_FIELDS})
@@ -55,6 +56,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> LayerSpec:
         relu=bool(data["relu"]),
         keep_quantized_output=bool(data["keep_quantized_output"]),
         groups=int(data["groups"]),
+        per_token=bool(data.get("per_token", False)),
         **{name: tuple(int(v) for v in data[name]) for name in _GEOMETRY},
         **{name: qparams_from_dict(data[name]) for name in _QPARAM_FIELDS},
     )

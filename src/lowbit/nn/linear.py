@@ -27,6 +27,7 @@ class QuantLinear(KernelModule):
         input_qparams, output_qparams: static: per-tensor uint8 zero-point QParams.
         relu: apply ReLU to the output (fused in the int8 kernels).
         keep_quantized_output: static: return a torch quint8 tensor for the next int8 layer.
+        per_token: dynamic: one int8 scale per token instead of one per batch.
         kernel: force a registry entry by name (default: the best that applies).
         registry: the kernel entries to choose from (default: lowbit.kernels.DEFAULT_REGISTRY).
     """
@@ -43,6 +44,7 @@ class QuantLinear(KernelModule):
         output_qparams: QParams | None = None,
         relu: bool = False,
         keep_quantized_output: bool = False,
+        per_token: bool = False,
         kernel: str | None = None,
         registry: KernelRegistry | None = None,
     ) -> None:
@@ -58,6 +60,7 @@ class QuantLinear(KernelModule):
             relu=relu,
             input_qparams=input_qparams,
             output_qparams=output_qparams,
+            per_token=per_token,
             keep_quantized_output=keep_quantized_output,
         )
         self._setup(weight, bias, spec, kernel, registry)
@@ -100,6 +103,7 @@ class QuantLinear(KernelModule):
             output_qparams=spec.output_qparams,
             relu=spec.relu,
             keep_quantized_output=spec.keep_quantized_output,
+            per_token=spec.per_token,
             kernel=metadata.get("kernel"),
             registry=registry,
         )

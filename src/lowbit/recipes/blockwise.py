@@ -101,7 +101,14 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
                 module.weight, spec.weight, clip=clips.get(name)
             )
             set_module(
-                block, name, QuantLinear.from_float(module, weight, mode=spec.activation.mode)
+                block,
+                name,
+                QuantLinear.from_float(
+                    module,
+                    weight,
+                    mode=spec.activation.mode,
+                    per_token=spec.activation.per_token,
+                ),
             )
 
     return step

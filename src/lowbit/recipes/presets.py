@@ -28,6 +28,7 @@ def _ptq(
 
 
 INT8_CHANNEL = WeightSpec("int8", PerAxis(0))
+PER_TOKEN = ActivationSpec("dynamic", per_token=True)
 
 PRESETS: dict[str, Callable[[], Recipe]] = {
     "fp16": lambda: Recipe("fp16", "cast", cast_dtype="float16"),
@@ -37,11 +38,12 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     "int8-qat": lambda: Recipe(
         "int8-qat", "qat", QuantSpec(INT8_CHANNEL, ActivationSpec("static", "moving_average"))
     ),
-    "w8a8-dynamic": lambda: _ptq("w8a8-dynamic", INT8_CHANNEL, "dynamic"),
+    # transformers: a scale per token, so outlier tokens do not blur the others
+    "w8a8-dynamic": lambda: Recipe("w8a8-dynamic", "ptq", QuantSpec(INT8_CHANNEL, PER_TOKEN)),
     "w8a8-smoothquant": lambda: Recipe(
         "w8a8-smoothquant",
         "ptq",
-        QuantSpec(INT8_CHANNEL, ActivationSpec("dynamic"), "smoothquant", (("alpha", 0.5),)),
+        QuantSpec(INT8_CHANNEL, PER_TOKEN, "smoothquant", (("alpha", 0.5),)),
     ),
     "nf4": lambda: _ptq("nf4", WeightSpec("nf4", PerGroup(64))),
     "ternary": lambda: _ptq("ternary", WeightSpec("ternary", PerAxis(0))),

@@ -170,6 +170,8 @@ def _convert_module(
     if qparams is not None:
         kwargs["input_qparams"], kwargs["output_qparams"] = qparams["input"], qparams["output"]
     cls = QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear
+    if spec.activation.per_token and cls is QuantLinear:
+        kwargs["per_token"] = True
     return cls.from_float(float_module, weight, **kwargs)
 
 

@@ -57,6 +57,7 @@ class ActivationSpec:
     mode: ActivationMode = "weight_only"
     observer: str = "minmax"
     observer_options: tuple[tuple[str, Any], ...] = ()
+    per_token: bool = False  # dynamic: a scale per token (row) instead of per batch
 
 
 @dataclass(frozen=True)
