@@ -25,6 +25,9 @@ def quantize_model(
     ] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    embeddings: Annotated[
+        str | None, typer.Option(help="Also quantize embedding tables per row, e.g. int8.")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
@@ -44,6 +47,8 @@ def quantize_model(
         os.environ.setdefault("LOWBIT_PROGRESS", "1")
     torch.set_num_threads(threads)
     resolved = get_recipe(recipe)
+    if embeddings:
+        resolved = resolved.with_embeddings(embeddings)
     loaded = load_model(model)
     started = time.perf_counter()
     needs_data = resolved.spec is not None and (

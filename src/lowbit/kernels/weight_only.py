@@ -97,8 +97,6 @@ def _int4_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
         return "needs per-group scales along the input dim (per_group(size, axis=-1))"
     if g.size not in INT4_GROUPS:
         return f"needs group size in {INT4_GROUPS} (aten int4pack), got {g.size}"
-    if k % g.size:
-        return f"needs in_features % group == 0, got {k} % {g.size}"
     if n % 16:
         return f"needs out_features % 16 == 0 (aten int4pack), got {n}"
     return None
@@ -119,11 +117,18 @@ def int4pack_scale_zero(weight: IntPackedTensor) -> tuple[torch.Tensor, torch.Te
 
 def _int4_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec) -> dict:
     u = (weight.codes().to(torch.int32) - weight.qtype.qmin).contiguous()  # 0..15
+    group = weight.granularity.size
+    # A ragged last group (in_features not a multiple of the group, e.g. 576 with g128) is
+    # padded to a whole group; the input is zero-padded to match, so the padding adds 0.
+    pad = -u.shape[1] % group
+    if pad:
+        u = torch.nn.functional.pad(u, (0, pad), value=8)
     scale, zero = int4pack_scale_zero(weight)
     sz = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
     return {
         "packed": ATEN._convert_weight_to_int4pack_for_cpu(u, 1),
-        "group": weight.granularity.size,
+        "pad": pad,
+        "group": group,
         "sz": sz,
         "bias": _bias(bias),
         "spec": spec,
@@ -132,8 +137,12 @@ def _int4_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: Laye
 
 def _int4_run(state: dict, x: torch.Tensor) -> torch.Tensor:
     check_float_input(x, "input")
-    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-    y = ATEN._weight_int4pack_mm_for_cpu(x2, state["packed"], state["group"], state["sz"])
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    if state["pad"]:
+        x2 = torch.nn.functional.pad(x2, (0, state["pad"]))
+    y = ATEN._weight_int4pack_mm_for_cpu(
+        x2.contiguous(), state["packed"], state["group"], state["sz"]
+    )
     return _finish(y.reshape(*x.shape[:-1], -1), state, x)
 
 
