@@ -91,7 +91,7 @@ def _int4_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
     reason = _common_reason(weight, spec, 4)
     if reason:
         return reason
-    n, k = weight.shape
+    n = weight.shape[0]
     g = weight.granularity
     if not isinstance(g, PerGroup) or g.axis % 2 != 1:
         return "needs per-group scales along the input dim (per_group(size, axis=-1))"
