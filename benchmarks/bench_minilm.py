@@ -29,7 +29,7 @@ from lowbit.eval.size import model_nbytes
 from lowbit.eval.text import calibration_text, evaluation_text, text_chunks
 from lowbit.export.hf import load_model
 
-PRESETS = ["w8a8-dynamic", "w8a16", "w4a16-g32", "w4a16-g32-gptq"]
+PRESETS = ["w8a8-dynamic", "w8a8-dynamic+int8-embeddings", "w8a16", "w4a16-g32", "w4a16-g32-gptq"]
 
 
 def minilm_folder() -> Path:
@@ -45,9 +45,18 @@ def ort_int8(model, batch: dict, tmp: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, q_path = tmp / "minilm.onnx", tmp / "minilm-int8.onnx"
+
+    class Encoder(torch.nn.Module):  # positional inputs for the TorchScript exporter
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
     with torch.no_grad():
         torch.onnx.export(
-            model, (batch["input_ids"], batch["attention_mask"]), str(fp32_path),
+            Encoder().eval(), (batch["input_ids"], batch["attention_mask"]), str(fp32_path),
             input_names=["input_ids", "attention_mask"], output_names=["hidden"],
             dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}},
             opset_version=17, dynamo=False,
@@ -82,8 +91,12 @@ def main() -> None:
     models = {}
     for preset in PRESETS:
         start = time.perf_counter()
-        needs = lowbit.recipes.get_recipe(preset).spec.algorithm != "rtn"
-        q = lowbit.quantize(model, preset, calib_data=calib if needs else None)
+        name, _, extra = preset.partition("+")
+        recipe = lowbit.recipes.get_recipe(name)
+        if extra == "int8-embeddings":
+            recipe = recipe.with_embeddings("int8")
+        needs = recipe.spec.algorithm != "rtn"
+        q = lowbit.quantize(model, recipe, calib_data=calib if needs else None)
         seconds = time.perf_counter() - start
         fid = embedding_fidelity(ref, embed(q, tok, texts))
         print(
@@ -101,6 +114,9 @@ def main() -> None:
         cases = {
             "fp32 eager": lambda: model(**batch),
             "lowbit w8a8-dynamic": lambda: models["w8a8-dynamic"](**batch),
+            "lowbit w8a8-dynamic+int8-embeddings": lambda: models["w8a8-dynamic+int8-embeddings"](
+                **batch
+            ),
             "ORT quantize_dynamic per-channel": ort_int8(model, batch, Path(tmp)),
         }
         samples = time_interleaved(cases, warmup=3, repeats=args.repeats)
