@@ -56,17 +56,20 @@ class ComparisonReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        points: dict[tuple[float, float], list[str]] = {}
         for row in self.rows:
-            if row.get(x) is None or row.get(y) is None:
-                continue
-            ax.scatter(row[x], row[y])
+            if row.get(x) is not None and row.get(y) is not None:
+                points.setdefault((float(row[x]), float(row[y])), []).append(str(row[label]))
+        # methods at the same point share one label; neighbours alternate above and below
+        for i, ((px, py), names) in enumerate(sorted(points.items())):
+            ax.scatter(px, py)
             ax.annotate(
-                str(row[label]),
-                (row[x], row[y]),
+                ", ".join(names),
+                (px, py),
                 textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
+                xytext=(4, 6 if i % 2 == 0 else -12),
+                fontsize=7,
             )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
