@@ -1,0 +1,42 @@
+"""accuracy, SQNR, model bytes and interleaved timing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lowbit.eval import accuracy, model_nbytes, sqnr_db, time_interleaved
+from lowbit.eval.latency import median_ratio
+from lowbit.recipes import quantize
+
+
+def test_accuracy_and_sqnr_by_hand() -> None:
+    model = nn.Identity()
+    x = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert accuracy(model, x, torch.tensor([0, 1, 1, 1]), batch_size=3) == 75.0
+    ref = torch.tensor([3.0, 4.0])
+    assert sqnr_db(ref, ref) == math.inf
+    assert math.isclose(sqnr_db(ref, torch.tensor([3.0, 3.0])), 10 * math.log10(25 / 1))
+
+
+def test_model_nbytes_counts_stored_tensors() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    assert model_nbytes(model) == 4 * (64 * 32 + 32 + 32 * 8 + 8)
+    q = quantize(model, "w8a16")
+    # int8 codes + float32 per-channel scales + float32 biases
+    assert model_nbytes(q) == (64 * 32 + 32 * 8) + 4 * (32 + 8) + 4 * (32 + 8)
+
+
+def test_time_interleaved_and_ratio() -> None:
+    calls = []
+    samples = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        warmup=1,
+        repeats=3,
+        threads=1,
+    )
+    assert calls == ["a", "b"] * 4 and all(len(v) == 3 for v in samples.values())
+    med, lo, hi = median_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 2.0])
+    assert (med, lo, hi) == (3.0, 2.0, 4.0)
