@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,29 @@ def test_tied_weights_are_stored_once(tmp_path) -> None:
     ids = torch.randint(0, 96, (1, 6))
     with torch.no_grad():
         assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
+
+
+def test_a_folder_that_is_not_a_lowbit_save_is_never_replaced(tmp_path) -> None:
+    source = tmp_path / "my-model"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"precious")
+    with pytest.raises(InvalidInputError, match="not a lowbit save folder"):
+        save(quantize(_model(), "int8-dynamic"), source)
+    assert (source / "model.safetensors").read_bytes() == b"precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidInputError, match="not a lowbit save folder"):
+        save(quantize(_model(), "int8-dynamic"), tmp_path / "file")
+
+
+def test_tokenizer_is_written_inside_the_atomic_save(tmp_path) -> None:
+    class Tokenizer:
+        def save_pretrained(self, folder: str) -> None:
+            assert not (Path(folder) / "manifest.json").exists()  # written before the manifest
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    folder = save(quantize(_model(), "int8-dynamic"), tmp_path / "m", tokenizer=Tokenizer())
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]

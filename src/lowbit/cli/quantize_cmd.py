@@ -60,9 +60,7 @@ def quantize_model(
         batches = token_windows(loaded.tokenizer, text, samples=samples, seq_len=seq_len)
     qmodel = lowbit.quantize(loaded.model, resolved, calib_data=batches)
     seconds = time.perf_counter() - started
-    folder = lowbit.save(qmodel, out)
-    if loaded.tokenizer is not None:
-        loaded.tokenizer.save_pretrained(str(folder))
+    folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
     doc = {

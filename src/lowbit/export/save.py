@@ -52,9 +52,19 @@ def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def save(model: nn.Module, folder: str | os.PathLike) -> Path:
-    """Write ``model`` (from lowbit.quantize or lowbit.convert) to ``folder`` atomically."""
+def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) -> Path:
+    """Write ``model`` (from lowbit.quantize or lowbit.convert) to ``folder`` atomically,
+    with ``tokenizer`` (anything with ``save_pretrained``) beside it.
+
+    An existing ``folder`` is replaced only if it is an earlier lowbit save: any other
+    folder (the source model, say) is refused rather than deleted.
+    """
     folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
+        raise InvalidInputError(
+            f"{folder} exists and is not a lowbit save folder; lowbit replaces only its own "
+            "saves: choose a new output folder"
+        )
     entries = _structure(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, entry in entries.items():
@@ -92,6 +102,9 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        # the manifest last: a folder with one is complete
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if folder.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
