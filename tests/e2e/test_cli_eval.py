@@ -13,6 +13,7 @@ import transformers
 from typer.testing import CliRunner
 
 from lowbit.cli.main import app, main
+from lowbit.errors import LowbitWarning
 
 runner = CliRunner()
 
@@ -96,3 +97,58 @@ def test_help_names_the_default_text() -> None:
     result = runner.invoke(app, ["eval", "--help"])
     assert result.exit_code == 0
     assert "pydoc_data.topics" in result.stdout
+
+
+def test_quantize_then_eval_from_the_command_line(tmp_path, tiny_lm) -> None:
+    model = _minilm()
+    out = tmp_path / "minilm-w8a8"
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            model,
+            "--recipe",
+            "w8a8-dynamic",
+            "--out",
+            str(out),
+            "--embeddings",
+            "int8",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["recipe"] == "w8a8-dynamic" and doc["weights_bytes"] < 30e6  # fp32: 90.9 MB
+    assert (out / "tokenizer.json").exists() and (out / "manifest.json").exists()
+    args = ["eval", str(out), "--task", "embedding-fidelity", "--reference", model]
+    fidelity = json.loads(runner.invoke(app, [*args, "--chunks", "24", "--json"]).stdout)
+    assert 0.99 < fidelity["cosine_mean"] < 1.0
+
+    gptq = tmp_path / "lm-gptq"
+    with pytest.warns(LowbitWarning, match="only 4 samples"):
+        result = runner.invoke(
+            app,
+            [
+                "quantize",
+                str(tiny_lm),
+                "--recipe",
+                "w4a16-g32-gptq",
+                "--out",
+                str(gptq),
+                "--samples",
+                "4",
+                "--seq-len",
+                "32",
+                "--json",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layers"][0]["weight"].startswith("int4")
+
+
+def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:
+    result = runner.invoke(
+        app, ["quantize", str(tiny_lm), "--recipe", "w8a16", "--out", str(tiny_lm)]
+    )
+    assert result.exit_code != 0
+    assert (tiny_lm / "config.json").exists() and (tiny_lm / "model.safetensors").exists()
