@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
+from conftest import tiny_llama as make_tiny_llama
 
 from lowbit.errors import InvalidInputError
 from lowbit.eval.perplexity import PerplexityResult, perplexity
@@ -22,17 +22,7 @@ VOCAB = 64
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return make_tiny_llama(vocab_size=VOCAB, num_attention_heads=2, max_position_embeddings=256)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
+from conftest import tiny_llama
 
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
 from lowbit.export.hf import LoadedModel, load_model
@@ -23,16 +23,7 @@ def _minilm() -> Path:
 
 
 def _tiny_llama(folder: Path) -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(vocab_size=64, num_attention_heads=2)
     model.save_pretrained(folder)
     return model
 
@@ -86,22 +77,10 @@ def test_lowbit_save_folders_load_or_say_why(tmp_path: Path) -> None:
 
 
 def test_quantized_save_of_a_transformers_model_loads(tmp_path: Path) -> None:
-    import transformers
 
     import lowbit
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        architectures=["LlamaForCausalLM"],
-    )
-    qmodel = lowbit.quantize(transformers.LlamaForCausalLM(config).eval(), "w8a16")
+    qmodel = lowbit.quantize(tiny_llama(architectures=["LlamaForCausalLM"]), "w8a16")
     folder = lowbit.save(qmodel, tmp_path / "q")
     loaded = load_model(folder)
     assert (loaded.kind, loaded.source, loaded.tokenizer) == ("causal-lm", "lowbit", None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama
 from torch import nn
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
@@ -81,19 +82,7 @@ def test_wrong_architecture_is_refused(tmp_path) -> None:
 
 
 def test_transformers_model_reloads_without_passing_the_architecture(tmp_path) -> None:
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama()
     qmodel = quantize(model, "w4a16-g32")
     folder = save(qmodel, tmp_path / "llama")
     loaded = load(folder)
@@ -105,21 +94,9 @@ def test_transformers_model_reloads_without_passing_the_architecture(tmp_path) -
 
 
 def test_tied_weights_are_stored_once(tmp_path) -> None:
-    import transformers
-
     from lowbit.recipes import get_recipe
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(num_hidden_layers=1, tie_word_embeddings=True)
     qmodel = quantize(model, get_recipe("w8a16").skip("lm_head"))  # the head stays tied
     folder = save(qmodel, tmp_path / "tied")
     manifest = json.loads((folder / "manifest.json").read_text())

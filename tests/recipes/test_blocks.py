@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from conftest import tiny_llama as make_tiny_llama
 from torch import nn
 
 from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
@@ -13,17 +14,7 @@ from lowbit.recipes.blockwise import norm_groups
 
 
 def tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return make_tiny_llama(vocab_size=128, num_hidden_layers=3)
 
 
 def tiny_bert() -> nn.Module:
