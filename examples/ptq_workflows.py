@@ -24,8 +24,10 @@ w4 = lowbit.quantize(model, "w4a16-g128")
 with torch.no_grad():
     ref = model(x)
     for name, q in [("int8-dynamic", dynamic), ("int8-static", static), ("w4a16-g128", w4)]:
-        print(f"{name:13s} SQNR {sqnr_db(ref, q(x)):5.1f} dB, "
-              f"{model_nbytes(q) / model_nbytes(model):.3f}x the fp32 bytes")
+        print(
+            f"{name:13s} SQNR {sqnr_db(ref, q(x)):5.1f} dB, "
+            f"{model_nbytes(q) / model_nbytes(model):.3f}x the fp32 bytes"
+        )
 
 print(explain(dynamic))  # which kernel each layer runs, and why
 for row in lowbit.describe(w4):

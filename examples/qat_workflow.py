@@ -9,8 +9,12 @@ from lowbit.kernels import explain
 
 torch.manual_seed(0)
 model = nn.Sequential(
-    nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-    nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+    nn.Conv2d(1, 8, 3, padding=1),
+    nn.BatchNorm2d(8),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Flatten(),
+    nn.Linear(8 * 4 * 4, 10),
 ).eval()
 x, y = torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))
 

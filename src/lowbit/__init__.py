@@ -23,6 +23,7 @@ _LAZY = {
     "PRESETS": "lowbit.recipes",
     "save": "lowbit.export",
     "load": "lowbit.export",
+    "retain_freed_memory": "lowbit.kernels",
 }
 
 __all__ = ["LowbitError", "__version__", *_LAZY]

@@ -156,3 +156,22 @@ def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool) -> None
     out, expected = fast(x), ref(x)
     assert out.shape == (batch, 5, 24)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_per_token_c_loops_and_torch_fallback_give_the_same_output(monkeypatch) -> None:
+    from lowbit.formats.granularity import PerAxis
+    from lowbit.formats.qtypes import IntType
+    from lowbit.kernels import native
+    from lowbit.nn import QuantLinear
+    from lowbit.tensors import IntPackedTensor
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(96, 40)
+    weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    layer = QuantLinear.from_float(linear, weight, mode="dynamic", per_token=True)
+    x = torch.randn(4, 9, 96) * torch.logspace(-2, 2, 9).unsqueeze(1)
+    assert native.available()
+    fast = layer(x)
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert torch.equal(layer(x), fast)
+    assert torch.equal(layer(x[:, ::2]), fast[:, ::2])  # strided rows take the same path

@@ -13,6 +13,7 @@ from typing import Any
 from lowbit.kernels.embedding import EMBEDDING_ENTRIES
 from lowbit.kernels.explain import KernelRow, KernelTable, explain
 from lowbit.kernels.int8 import INT8_ENTRIES
+from lowbit.kernels.memory import retain_freed_memory
 from lowbit.kernels.reference import REFERENCE_ENTRIES, REFERENCE_NAME
 from lowbit.kernels.registry import (
     MODES,
@@ -79,5 +80,6 @@ __all__ = [
     "qparams_from_dict",
     "qparams_to_dict",
     "quiet_quantized_warnings",
+    "retain_freed_memory",
     "select_kernel",
 ]

@@ -16,6 +16,7 @@ import torch
 
 from lowbit.formats.granularity import PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
+from lowbit.kernels import native
 from lowbit.kernels.reference import to_quint8
 from lowbit.kernels.registry import (
     KernelEntry,
@@ -86,25 +87,36 @@ def _per_token_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec:
     return {
         "weight_t": weight.codes().t().contiguous(),  # (K, N) int8 for _int_mm
         "scale": scale,
-        "bias": None if bias is None else bias.float(),
+        "bias": None if bias is None else bias.detach().float().contiguous(),
         "spec": spec,
     }
 
 
 def _per_token_run(state: dict, x: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 per row: s_m = max|x_m| / 127, q = round(x / s), int8 x int8 -> int32
-    (torch._int_mm), y = acc · s_m · s_w + b. Arithmetic as formats.affine (half-even)."""
+    (torch._int_mm), y = acc · s_m · s_w + b. Arithmetic as formats.affine (half-even).
+
+    The steps around the GEMM run as one C pass each (kernels/native.py) when built, else
+    as in-place torch ops with the same numbers: as separate fresh tensors they cost more
+    than the int8 GEMM itself (docs/decisions.md, "Per-token W8A8")."""
     check_float_input(x, "input")
     spec = state["spec"]
     rows = x.reshape(-1, x.shape[-1]).float()
-    s = rows.abs().amax(dim=1, keepdim=True) / 127
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    q = torch.round(rows / s).clamp_(-127, 127).to(torch.int8)
-    y = torch._int_mm(q, state["weight_t"]).float() * s * state["scale"]
-    if state["bias"] is not None:
-        y = y + state["bias"]
-    if spec.relu:
-        y = torch.relu(y)
+    if native.available() and rows.device.type == "cpu":
+        if rows.stride(1) != 1:
+            rows = rows.contiguous()
+        q, s = native.quantize_rows_int8(rows)
+        acc = torch._int_mm(q, state["weight_t"])
+        y = native.dequantize_int32_(acc, s, state["scale"], state["bias"], spec.relu)
+    else:
+        s = rows.abs().amax(dim=1, keepdim=True).div_(127)
+        s.masked_fill_(s == 0, 1.0)
+        q = torch.div(rows, s).round_().clamp_(-127, 127).to(torch.int8)
+        y = torch._int_mm(q, state["weight_t"]).float().mul_(s).mul_(state["scale"])
+        if state["bias"] is not None:
+            y.add_(state["bias"])
+        if spec.relu:
+            y.relu_()
     return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
