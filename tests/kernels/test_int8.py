@@ -134,9 +134,10 @@ def test_static_float_input_without_input_qparams_is_an_error() -> None:
         entry.run(state, torch.randn(2, 16))
 
 
+@pytest.mark.parametrize("zero_point", [False, True])
 @pytest.mark.parametrize("batch", [1, 3, 32])
 @pytest.mark.parametrize("relu", [False, True])
-def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool) -> None:
+def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool, zero_point: bool) -> None:
     from lowbit.formats.granularity import PerAxis
     from lowbit.formats.qtypes import IntType
     from lowbit.kernels import REFERENCE_NAME
@@ -146,19 +147,22 @@ def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool) -> None
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 24)
     weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
-    fast = QuantLinear.from_float(linear, weight, mode="dynamic", per_token=True, relu=relu)
-    ref = QuantLinear.from_float(
-        linear, weight, mode="dynamic", per_token=True, relu=relu, kernel=REFERENCE_NAME
-    )
+    kw = dict(mode="dynamic", per_token=True, token_zero_point=zero_point, relu=relu)
+    fast = QuantLinear.from_float(linear, weight, **kw)
+    ref = QuantLinear.from_float(linear, weight, **kw, kernel=REFERENCE_NAME)
     assert fast.kernel_name == "int8 dynamic per-token (torch._int_mm)"
     x = torch.randn(batch, 5, 48)
     x[0, 0] *= 50  # an outlier token: per-token scales keep the other tokens precise
+    x[-1, 1] = x[-1, 1].abs() + 3  # a one-sided token (as after GELU)
     out, expected = fast(x), ref(x)
     assert out.shape == (batch, 5, 24)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_per_token_c_loops_and_torch_fallback_give_the_same_output(monkeypatch) -> None:
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_per_token_c_loops_and_torch_fallback_give_the_same_output(
+    monkeypatch, zero_point: bool
+) -> None:
     from lowbit.formats.granularity import PerAxis
     from lowbit.formats.qtypes import IntType
     from lowbit.kernels import native
@@ -168,8 +172,10 @@ def test_per_token_c_loops_and_torch_fallback_give_the_same_output(monkeypatch) 
     torch.manual_seed(3)
     linear = torch.nn.Linear(96, 40)
     weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
-    layer = QuantLinear.from_float(linear, weight, mode="dynamic", per_token=True)
-    x = torch.randn(4, 9, 96) * torch.logspace(-2, 2, 9).unsqueeze(1)
+    layer = QuantLinear.from_float(
+        linear, weight, mode="dynamic", per_token=True, token_zero_point=zero_point
+    )
+    x = torch.randn(4, 9, 96) * torch.logspace(-2, 2, 9).unsqueeze(1) + torch.rand(9, 1) * 3
     assert native.available()
     fast = layer(x)
     monkeypatch.setattr(native, "available", lambda: False)

@@ -46,6 +46,18 @@ def test_state_round_trip_is_bit_identical(kind: str, mode: str, relu: bool) -> 
     assert torch.equal(m(x), m2(x))
 
 
+@pytest.mark.parametrize("token_zero_point", [False, True])
+def test_per_token_state_round_trip(token_zero_point: bool) -> None:
+    w, x = int8_weight(32, 64), torch.randn(2, 5, 64) + 1
+    m = QuantLinear(w, mode="dynamic", per_token=True, token_zero_point=token_zero_point)
+    tensors, meta = m.to_state()
+    m2 = QuantLinear.from_state(tensors, json.loads(json.dumps(meta)))
+    assert m2.spec == m.spec and torch.equal(m(x), m2(x))
+    # files saved before token zero points existed load as symmetric per-token layers
+    old = {**meta, "spec": {k: v for k, v in meta["spec"].items() if k != "token_zero_point"}}
+    assert not QuantLinear.from_state(tensors, old).spec.token_zero_point
+
+
 def test_from_float_keeps_bias_and_checks_shape() -> None:
     lin = torch.nn.Linear(64, 32)
     w = int8_weight(32, 64)

@@ -8,7 +8,7 @@ import pytest
 
 from lowbit.errors import InvalidSpecError, UnsupportedFormatError
 from lowbit.formats.granularity import PerAxis, PerGroup
-from lowbit.recipes import PRESETS, QuantSpec, Recipe, Rule, WeightSpec, get_recipe
+from lowbit.recipes import PRESETS, ActivationSpec, QuantSpec, Recipe, Rule, WeightSpec, get_recipe
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -31,6 +31,13 @@ def test_preset_contents() -> None:
     assert static.spec.weight.granularity == PerAxis(0)
     assert static.spec.activation.observer == "minmax"
     assert get_recipe("bf16").kind == "cast"
+    tokens = get_recipe("w8a8-dynamic").spec.activation
+    assert tokens.per_token and tokens.token_zero_point
+    assert get_recipe("w8a8-smoothquant").spec.activation == tokens
+    symmetric = get_recipe("w8a8-dynamic-sym").spec.activation
+    assert symmetric.per_token and not symmetric.token_zero_point
+    with pytest.raises(InvalidSpecError, match="per_token=True"):
+        ActivationSpec("dynamic", token_zero_point=True)
 
 
 def test_observer_suffix() -> None:

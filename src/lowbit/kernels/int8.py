@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.errors import InvalidInputError
 from lowbit.formats.granularity import PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
 from lowbit.kernels import native
@@ -83,36 +84,67 @@ def _per_token_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
 
 def _per_token_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec):
     n = weight.shape[0]
+    codes = weight.codes()
     scale = weight.scale.float().reshape(-1).expand(n).contiguous()
     return {
-        "weight_t": weight.codes().t().contiguous(),  # (K, N) int8 for _int_mm
+        "weight_t": codes.t().contiguous(),  # (K, N) int8 for _int_mm
+        # sum_k w[n, k]: the zero point's share of each int32 sum, removed exactly
+        "col_sum": codes.sum(dim=1, dtype=torch.int32).contiguous()
+        if spec.token_zero_point
+        else None,
         "scale": scale,
         "bias": None if bias is None else bias.detach().float().contiguous(),
         "spec": spec,
     }
 
 
+def _quantize_rows(rows: torch.Tensor, zero_point: bool):
+    """Torch twin of native.quantize_rows_int8 (same numbers): int8 codes, scale and zero
+    point (None when symmetric) per row, as formats/affine.py."""
+    if zero_point:
+        lo = rows.amin(dim=1, keepdim=True).clamp_(max=0)
+        hi = rows.amax(dim=1, keepdim=True).clamp_(min=0)
+        s = hi.sub_(lo).div_(255)
+        s.masked_fill_(s == 0, 1.0)
+        zp = lo.div_(s).round_().neg_().sub_(128).clamp_(-128, 127)
+        q = torch.div(rows, s).round_().add_(zp).clamp_(-128, 127).to(torch.int8)
+        return q, s, zp.to(torch.int32)
+    s = rows.abs().amax(dim=1, keepdim=True).div_(127)
+    s.masked_fill_(s == 0, 1.0)
+    return torch.div(rows, s).round_().clamp_(-127, 127).to(torch.int8), s, None
+
+
 def _per_token_run(state: dict, x: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per row: s_m = max|x_m| / 127, q = round(x / s), int8 x int8 -> int32
-    (torch._int_mm), y = acc · s_m · s_w + b. Arithmetic as formats.affine (half-even).
+    """int8 per row (token): s_m and, with ``token_zero_point``, zp_m as formats/affine.py
+    (half-even), q = round(x / s) + zp, int8 x int8 -> int32 (torch._int_mm),
+    y = (acc - zp_m · sum_k w) · s_m · s_w + b.
 
     The steps around the GEMM run as one C pass each (kernels/native.py) when built, else
     as in-place torch ops with the same numbers: as separate fresh tensors they cost more
     than the int8 GEMM itself (docs/decisions.md, "Per-token W8A8")."""
     check_float_input(x, "input")
     spec = state["spec"]
+    col_sum = state["col_sum"]
     rows = x.reshape(-1, x.shape[-1]).float()
     if native.available() and rows.device.type == "cpu":
         if rows.stride(1) != 1:
             rows = rows.contiguous()
-        q, s = native.quantize_rows_int8(rows)
+        q, s, zp = native.quantize_rows_int8(rows, spec.token_zero_point)
         acc = torch._int_mm(q, state["weight_t"])
-        y = native.dequantize_int32_(acc, s, state["scale"], state["bias"], spec.relu)
+        y = native.dequantize_int32_(
+            acc, s, state["scale"], state["bias"], spec.relu, zero_point=zp, col_sum=col_sum
+        )
     else:
-        s = rows.abs().amax(dim=1, keepdim=True).div_(127)
-        s.masked_fill_(s == 0, 1.0)
-        q = torch.div(rows, s).round_().clamp_(-127, 127).to(torch.int8)
-        y = torch._int_mm(q, state["weight_t"]).float().mul_(s).mul_(state["scale"])
+        if not torch.isfinite(rows).all():
+            raise InvalidInputError(
+                "the input holds NaN or Inf; int8 quantization needs finite values "
+                "(check the layer before this one)"
+            )
+        q, s, zp = _quantize_rows(rows, spec.token_zero_point)
+        acc = torch._int_mm(q, state["weight_t"])
+        if zp is not None:
+            acc.sub_(zp * col_sum)
+        y = acc.float().mul_(s).mul_(state["scale"])
         if state["bias"] is not None:
             y.add_(state["bias"])
         if spec.relu:

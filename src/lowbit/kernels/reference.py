@@ -67,7 +67,10 @@ def simulate_input(x: torch.Tensor, spec: LayerSpec, qparams: QParams | None) ->
         return xf
     if spec.mode == "dynamic" and spec.per_token:
         rows = xf.reshape(-1, xf.shape[-1])
-        qparams = choose_qparams(rows, INT8, PerAxis(0))
+        if spec.token_zero_point:
+            qparams = choose_qparams(rows, INT8, PerAxis(0), symmetric=False, form="zero_point")
+        else:
+            qparams = choose_qparams(rows, INT8, PerAxis(0))
         return fake_quantize(rows, qparams).reshape(xf.shape)
     if spec.mode == "dynamic":
         qparams = choose_qparams(xf, UINT8, PerTensor(), symmetric=False, form="zero_point")

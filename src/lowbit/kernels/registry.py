@@ -126,8 +126,11 @@ class LayerSpec:
         output_qparams: static: QParams of the output.
         keep_quantized_output: static: return a torch quint8 tensor (for the next int8
             layer) instead of float.
-        per_token: dynamic: one symmetric int8 scale per token (row of the input) instead
-            of one uint8 scale and zero point per batch; robust to outlier tokens.
+        per_token: dynamic: one int8 scale per token (row of the input) instead of one
+            uint8 scale and zero point per batch; robust to outlier tokens.
+        token_zero_point: per_token only: an int8 zero point per token too (asymmetric,
+            all 256 codes in use; a one-sided row such as a GELU output keeps twice the
+            resolution) instead of symmetric codes in [-127, 127].
     """
 
     op: str
@@ -142,6 +145,7 @@ class LayerSpec:
     output_qparams: QParams | None = None
     keep_quantized_output: bool = False
     per_token: bool = False
+    token_zero_point: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -150,6 +154,8 @@ class LayerSpec:
             raise InvalidSpecError(f"unknown mode {self.mode!r}; use one of {MODES}")
         if self.per_token and self.mode != "dynamic":
             raise InvalidSpecError("per_token applies to mode='dynamic' only")
+        if self.token_zero_point and not self.per_token:
+            raise InvalidSpecError("token_zero_point needs per_token=True")
         if self.op == "embedding" and self.mode != "weight_only":
             raise InvalidSpecError(
                 "an embedding lookup has no input to quantize: mode='weight_only'"

@@ -42,6 +42,7 @@ def spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
         "keep_quantized_output": spec.keep_quantized_output,
         "groups": spec.groups,
         "per_token": spec.per_token,
+        "token_zero_point": spec.token_zero_point,
     }
     out.update({name: list(getattr(spec, name)) for name in _GEOMETRY})
     out.update({name: qparams_to_dict(getattr(spec, name)) for name in _QPARAM_FIELDS})
@@ -57,6 +58,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> LayerSpec:
         keep_quantized_output=bool(data["keep_quantized_output"]),
         groups=int(data["groups"]),
         per_token=bool(data.get("per_token", False)),
+        token_zero_point=bool(data.get("token_zero_point", False)),
         **{name: tuple(int(v) for v in data[name]) for name in _GEOMETRY},
         **{name: qparams_from_dict(data[name]) for name in _QPARAM_FIELDS},
     )

@@ -28,6 +28,7 @@ class QuantLinear(KernelModule):
         relu: apply ReLU to the output (fused in the int8 kernels).
         keep_quantized_output: static: return a torch quint8 tensor for the next int8 layer.
         per_token: dynamic: one int8 scale per token instead of one per batch.
+        token_zero_point: per_token: an int8 zero point per token too (asymmetric).
         kernel: force a registry entry by name (default: the best that applies).
         registry: the kernel entries to choose from (default: lowbit.kernels.DEFAULT_REGISTRY).
     """
@@ -45,6 +46,7 @@ class QuantLinear(KernelModule):
         relu: bool = False,
         keep_quantized_output: bool = False,
         per_token: bool = False,
+        token_zero_point: bool = False,
         kernel: str | None = None,
         registry: KernelRegistry | None = None,
     ) -> None:
@@ -61,6 +63,7 @@ class QuantLinear(KernelModule):
             input_qparams=input_qparams,
             output_qparams=output_qparams,
             per_token=per_token,
+            token_zero_point=token_zero_point,
             keep_quantized_output=keep_quantized_output,
         )
         self._setup(weight, bias, spec, kernel, registry)
@@ -104,6 +107,7 @@ class QuantLinear(KernelModule):
             relu=spec.relu,
             keep_quantized_output=spec.keep_quantized_output,
             per_token=spec.per_token,
+            token_zero_point=spec.token_zero_point,
             kernel=metadata.get("kernel"),
             registry=registry,
         )

@@ -108,6 +108,7 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
                     weight,
                     mode=spec.activation.mode,
                     per_token=spec.activation.per_token,
+                    token_zero_point=spec.activation.token_zero_point,
                 ),
             )
 

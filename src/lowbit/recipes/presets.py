@@ -28,7 +28,10 @@ def _ptq(
 
 
 INT8_CHANNEL = WeightSpec("int8", PerAxis(0))
-PER_TOKEN = ActivationSpec("dynamic", per_token=True)
+# A scale and zero point per token: outlier tokens do not blur the others, and one-sided
+# rows (GELU outputs) use all 256 codes (docs/decisions.md, "Per-token W8A8").
+PER_TOKEN = ActivationSpec("dynamic", per_token=True, token_zero_point=True)
+PER_TOKEN_SYMMETRIC = ActivationSpec("dynamic", per_token=True)
 
 PRESETS: dict[str, Callable[[], Recipe]] = {
     "fp16": lambda: Recipe("fp16", "cast", cast_dtype="float16"),
@@ -38,8 +41,10 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     "int8-qat": lambda: Recipe(
         "int8-qat", "qat", QuantSpec(INT8_CHANNEL, ActivationSpec("static", "moving_average"))
     ),
-    # transformers: a scale per token, so outlier tokens do not blur the others
     "w8a8-dynamic": lambda: Recipe("w8a8-dynamic", "ptq", QuantSpec(INT8_CHANNEL, PER_TOKEN)),
+    "w8a8-dynamic-sym": lambda: Recipe(
+        "w8a8-dynamic-sym", "ptq", QuantSpec(INT8_CHANNEL, PER_TOKEN_SYMMETRIC)
+    ),
     "w8a8-smoothquant": lambda: Recipe(
         "w8a8-smoothquant",
         "ptq",

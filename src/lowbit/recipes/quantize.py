@@ -172,6 +172,7 @@ def _convert_module(
     cls = QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear
     if spec.activation.per_token and cls is QuantLinear:
         kwargs["per_token"] = True
+        kwargs["token_zero_point"] = spec.activation.token_zero_point
     return cls.from_float(float_module, weight, **kwargs)
 
 

@@ -58,6 +58,13 @@ class ActivationSpec:
     observer: str = "minmax"
     observer_options: tuple[tuple[str, Any], ...] = ()
     per_token: bool = False  # dynamic: a scale per token (row) instead of per batch
+    token_zero_point: bool = False  # per_token: a zero point per token too (asymmetric)
+
+    def __post_init__(self) -> None:
+        if self.per_token and self.mode != "dynamic":
+            raise InvalidSpecError("per_token applies to mode='dynamic' only")
+        if self.token_zero_point and not self.per_token:
+            raise InvalidSpecError("token_zero_point needs per_token=True")
 
 
 @dataclass(frozen=True)
