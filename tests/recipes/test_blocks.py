@@ -10,7 +10,9 @@ from conftest import tiny_llama as make_tiny_llama
 from torch import nn
 
 from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
-from lowbit.recipes.blockwise import norm_groups
+from lowbit.recipes.batches import run_batch
+from lowbit.recipes.blockwise import _scale_groups, scale_groups
+from lowbit.recipes.presets import get_recipe
 
 
 def tiny_llama() -> nn.Module:
@@ -65,17 +67,50 @@ def test_block_by_block_equals_the_full_forward(make) -> None:
         assert torch.equal(call.args[0], ref)
 
 
-def test_norm_groups_of_a_llama_block() -> None:
-    model = tiny_llama()
-    batches = [torch.randint(0, 128, (1, 8))]
-    groups = {}
+def first_block_inputs(model: nn.Module, n: int = 2):
+    batches = [torch.randint(0, 128, (1, 8)) for _ in range(n)]
+    seen = {}
 
     def step(name, block, inputs):
-        groups.update(norm_groups(block, inputs[0]))
+        seen.setdefault("block", (block, inputs))
 
     calibrate_blocks(model, batches, step)
-    assert groups["input_layernorm"] == ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"]
-    assert groups["post_attention_layernorm"] == ["mlp.gate_proj", "mlp.up_proj"]
+    return seen["block"]
+
+
+def test_scale_groups_of_a_llama_block() -> None:
+    block, inputs = first_block_inputs(tiny_llama())
+    groups = dict(scale_groups(block, inputs[0]))
+    assert groups == {
+        "input_layernorm": ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+        "post_attention_layernorm": ["mlp.gate_proj", "mlp.up_proj"],
+        "mlp.up_proj": ["mlp.down_proj"],  # act(gate) * up -> down: exact through the product
+    }
+
+
+def test_a_post_norm_block_with_gelu_has_no_scale_groups() -> None:
+    # BERT: the LayerNorm output is also the residual, and intermediate -> GELU -> output is
+    # not linear in the channels: scaling there would change the model.
+    block, inputs = first_block_inputs(tiny_bert())
+    assert scale_groups(block, inputs[0]) == []
+
+
+@pytest.mark.parametrize("preset", ["w4a16-g32-awq", "w8a8-smoothquant"])
+def test_folded_scales_leave_the_float_block_unchanged(preset: str) -> None:
+    block, inputs = first_block_inputs(tiny_llama(), n=4)
+    def hidden(call):
+        with torch.no_grad():
+            out = run_batch(block, call)
+        return out[0] if isinstance(out, tuple) else out
+
+    before = [hidden(call) for call in inputs]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    spec = get_recipe(preset).spec
+    down_before = linears["mlp.down_proj"].weight.detach().clone()
+    _scale_groups(block, inputs, linears, dict.fromkeys(linears, spec))
+    assert not torch.equal(linears["mlp.down_proj"].weight, down_before)  # it was scaled
+    for call, ref in zip(inputs, before, strict=True):
+        torch.testing.assert_close(hidden(call), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

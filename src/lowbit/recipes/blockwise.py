@@ -16,12 +16,13 @@ from lowbit.recipes.batches import Call, run_batch
 from lowbit.recipes.blocks import calibrate_blocks
 from lowbit.recipes.fuse import set_module
 from lowbit.recipes.spec import QuantSpec
-from lowbit.recipes.trace import trace_flow
+from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight
 
 log = logging.getLogger(__name__)
 
 CALIBRATED_ALGORITHMS = ("gptq", "awq", "smoothquant")
+SCALED_ALGORITHMS = ("awq", "smoothquant")  # they fold per-input-channel scales
 X_SAMPLE_ROWS = 4096  # activation rows kept per layer for AWQ's output-error search
 
 
@@ -35,18 +36,32 @@ def _is_norm(module: nn.Module) -> bool:
     )
 
 
-def norm_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]:
-    """(norm, [linears]) pairs inside ``block`` where the norm's output feeds only those
-    Linear layers, so per-input-channel scales can be folded into the norm exactly."""
+def scale_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]:
+    """(source, [linears]) pairs inside ``block`` where per-input-channel scales of those
+    Linear layers can be folded exactly into the source's output: a norm whose output feeds
+    only those Linear layers, or a Linear whose output reaches only the next Linear through
+    an elementwise product (gated MLPs: act(gate(x)) * up(x) -> down)."""
     flow = trace_flow(block, example)
     modules = dict(block.named_modules())
     groups = []
     for name, module in modules.items():
-        if not name or not _is_norm(module):
+        if not name:
             continue
         users = flow.consumers.get(name, [])
-        if users and all(isinstance(modules.get(u), nn.Linear) for u in users):
-            groups.append((name, sorted(set(users))))
+        if _is_norm(module):
+            if users and all(isinstance(modules.get(u), nn.Linear) for u in users):
+                groups.append((name, sorted(set(users))))
+        elif isinstance(module, nn.Linear) and flow.calls[name] == 1:
+            via = flow.only_consumer(name)
+            nxt = flow.only_consumer(via) if via is not None else None
+            target = modules.get(nxt) if nxt is not None else None
+            if (
+                function_name(via or "") == "mul"
+                and isinstance(target, nn.Linear)
+                and flow.calls[nxt] == 1
+                and target.in_features == module.out_features
+            ):
+                groups.append((name, [nxt]))
     return groups
 
 
@@ -92,7 +107,7 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
                 f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq or smoothquant"
             )
         clips = {}
-        if algorithms & {"awq", "smoothquant"}:
+        if algorithms & set(SCALED_ALGORITHMS):
             clips = _scale_groups(block, inputs, linears, specs)
         weights = _algorithm_weights(block, inputs, linears, specs)
         for name, module in linears.items():
@@ -116,66 +131,74 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
 
 
 def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
-    """AWQ / SmoothQuant: per-input-channel scales for norm → Linear groups, folded into the
-    norm (x / s) and the Linear weights (W · s), so the float block computes the same.
-    Returns AWQ clip ranges for the scaled Linear layers (name -> clip)."""
+    """AWQ / SmoothQuant: per-input-channel scales s for each group of ``scale_groups``,
+    folded into the source (its output / s) and the group's Linear weights (W · s), so the
+    float block computes the same. As AutoAWQ: every s from the float block's statistics
+    first, then all folds, then AWQ's clip search on the final weights. Returns the clip
+    ranges of the scaled Linear layers (name -> clip)."""
     from lowbit.algorithms.transforms import (
         awq_clip_range,
         awq_search_clip,
         awq_search_scales,
         fold_into_layernorm,
+        fold_into_linear_output,
         input_channel_absmax,
         smoothquant_scales,
     )
     from lowbit.observers.channel_stats import ChannelStatsObserver
 
     groups = [
-        (norm, [u for u in users if u in linears]) for norm, users in norm_groups(block, inputs[0])
+        (source, [u for u in users if u in linears])
+        for source, users in scale_groups(block, inputs[0])
     ]
-    groups = [(n, us) for n, us in groups if us]
+    groups = [(n, us) for n, us in groups if us and specs[us[0]].algorithm in SCALED_ALGORITHMS]
     if not groups:
         return {}
     first = {users[0]: linears[users[0]] for _, users in groups}
     stats = _collect(
         block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
     )
-    modules = dict(block.named_modules())
-    clips: dict[str, tuple] = {}
-    for norm_name, users in groups:
-        spec = specs[users[0]]
-        obs = stats[users[0]]
+    scales = {}
+    for source, users in groups:
+        spec, obs = specs[users[0]], stats[users[0]]
         weights = [linears[u].weight.data for u in users]
         if spec.algorithm == "smoothquant":
             alpha = _options(spec).get("alpha", 0.5)
-            s = smoothquant_scales(obs.max_abs, input_channel_absmax(weights), alpha)
-        elif spec.algorithm == "awq":
-            s = awq_search_scales(weights, obs.sample, obs.mean_abs, _fake_quantizer(spec))
+            scales[source] = smoothquant_scales(obs.max_abs, input_channel_absmax(weights), alpha)
         else:
-            continue
-        norm = modules[norm_name]
-        bias = getattr(norm, "bias", None)
-        new_weight, new_bias = fold_into_layernorm(
-            norm.weight.data, None if bias is None else bias.data, s
-        )
-        norm.weight.data.copy_(new_weight)
+            scales[source] = awq_search_scales(
+                weights, obs.sample, obs.mean_abs, _fake_quantizer(spec)
+            )
+    modules = dict(block.named_modules())
+    for source, users in groups:
+        s = scales[source]
+        producer = modules[source]
+        bias = getattr(producer, "bias", None)
+        fold = fold_into_linear_output if isinstance(producer, nn.Linear) else fold_into_layernorm
+        new_weight, new_bias = fold(producer.weight.data, None if bias is None else bias.data, s)
+        producer.weight.data.copy_(new_weight)
         if bias is not None:
             bias.data.copy_(new_bias)
         for u in users:
             linears[u].weight.data.mul_(s.to(linears[u].weight.dtype))
+    clips: dict[str, tuple] = {}
+    for source, users in groups:
+        spec = specs[users[0]]
         group = getattr(spec.weight.granularity, "size", None)
-        if spec.algorithm == "awq" and group is not None:
-            x_scaled = obs.sample / s
-            for u in users:
-                w = linears[u].weight.data
-                max_val = awq_search_clip(
-                    w,
-                    x_scaled,
-                    group,
-                    lambda rows, clip, sp=spec: quantize_weight(
-                        rows, sp.weight, clip=clip
-                    ).dequantize(),
-                )
-                clips[u] = awq_clip_range(w, max_val, group)
+        if spec.algorithm != "awq" or group is None:
+            continue
+        x_scaled = stats[users[0]].sample / scales[source]
+        for u in users:
+            w = linears[u].weight.data
+            max_val = awq_search_clip(
+                w,
+                x_scaled,
+                group,
+                lambda rows, clip, sp=spec: quantize_weight(
+                    rows, sp.weight, clip=clip
+                ).dequantize(),
+            )
+            clips[u] = awq_clip_range(w, max_val, group)
     return clips
 
 
