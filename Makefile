@@ -37,6 +37,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_linear_mlp.py
 	$(PY) benchmarks/bench_resnet.py
+	$(PY) benchmarks/bench_minilm.py
+	$(PY) benchmarks/bench_smollm2.py  # about 50 minutes: GPTQ, AWQ, SmoothQuant on 128 x 512 tokens
+	TORCHINDUCTOR_COMPILE_THREADS=1 $(PY) benchmarks/bench_decode_compile.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
