@@ -9,7 +9,7 @@ from kernels.kernel_helpers import int8_weight, run_pair, sqnr_db
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
-from lowbit.kernels.weight_only import int4pack_scale_zero
+from lowbit.kernels.weight_only import int4pack_codes, int4pack_scale_zero
 from lowbit.tensors import IntPackedTensor
 
 W8 = "int8 weight-only (aten._weight_int8pack_mm, bf16)"
@@ -27,6 +27,12 @@ INT4_FORMS = [
     dict(qtype=IntType(4, True), symmetric=False, form="offset"),
     dict(qtype=IntType(4, False), symmetric=False, form="zero_point"),
     dict(qtype=IntType(4, True), symmetric=False, form="zero_point"),
+    # 1-3-bit codes widen exactly into the int4 layout
+    dict(qtype=IntType(3, True), symmetric=True),
+    dict(qtype=IntType(3, True), symmetric=False, form="zero_point"),
+    dict(qtype=IntType(2, False), symmetric=False, form="offset"),
+    dict(qtype=IntType(2, True), symmetric=True, restricted=False),
+    dict(qtype=IntType(1, False), symmetric=False, form="zero_point"),
 ]
 
 
@@ -48,7 +54,9 @@ def test_int4pack_scale_zero_is_an_exact_conversion(form: dict, group: int) -> N
     kw = dict(form)
     w = IntPackedTensor.quantize(torch.randn(16, 256), kw.pop("qtype"), PerGroup(group), **kw)
     scale, zero = int4pack_scale_zero(w)
-    u = (w.codes().float() - w.qtype.qmin).reshape(16, -1, group)
+    u = int4pack_codes(w).float()
+    assert u.min() >= 0 and u.max() <= 15
+    u = u.reshape(16, -1, group)
     rebuilt = ((u - 8) * scale[..., None] + zero[..., None]).reshape(16, 256)
     torch.testing.assert_close(rebuilt, w.dequantize(), rtol=1e-6, atol=1e-6)
 
@@ -108,6 +116,8 @@ def test_int4pack_reasons(weight, match: str) -> None:
 
 def test_int8pack_reasons() -> None:
     entry = DEFAULT_REGISTRY.get("linear", W8)
+    int4 = IntPackedTensor.quantize(torch.randn(16, 64), IntType(4, True), PerAxis(0))
+    assert "8-bit codes" in entry.applies(int4, SPEC)
     assert "in_features % 16" in entry.applies(int8_weight(16, 40), SPEC)
     asym = IntPackedTensor.quantize(
         torch.randn(16, 64), IntType(8, True), PerAxis(0), symmetric=False

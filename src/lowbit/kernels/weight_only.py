@@ -3,9 +3,12 @@
 * int8 per channel: ``aten._weight_int8pack_mm(x_bf16, codes[N, K] int8, scales_bf16[N])``.
 * int4 per group: ``aten._weight_int4pack_mm_for_cpu(x_bf16, packed, group, sz)``, which
   dequantizes w = (u - 8)·scale + zero with u in [0, 15] and a FLOAT zero (tinygemm
-  convention). Every IntPackedTensor 4-bit form converts to it exactly in float32
-  (w = s·q + c with c = 0, -s·z or Lmin - s·qmin; u = q - qtype.qmin, so
-  zero = s·(qtype.qmin + 8) + c); only the bf16 storage of scale/zero rounds.
+  convention). Every IntPackedTensor form of 1 to 4 bits converts to it exactly in float32
+  (w = s·q + c with c = 0, -s·z or Lmin - s·qmin; u = q + shift in [0, 15] centred on 8,
+  shift = 8 - 2^(bits-1) - qtype.qmin, so zero = s·(8 - shift) + c); only the bf16 storage
+  of scale/zero rounds. 3- and 2-bit
+  weights thus run at int4 speed and take 4 bits per weight in memory while running (their
+  files keep 3 and 2).
 
 The input is cast to bf16 and the output back to the input's dtype: with fp32 activations
 these ops are 3-12x slower than fp32 F.linear on CPU (measured, see /docs/decisions.md), so
@@ -27,14 +30,14 @@ INT4_GROUPS = (32, 64, 128, 256)
 ATEN = torch.ops.aten
 
 
-def _common_reason(weight: QTensor | None, spec: LayerSpec, bits: int) -> str | None:
+def _common_reason(weight: QTensor | None, spec: LayerSpec, max_bits: int) -> str | None:
     if spec.mode != "weight_only":
         return f"runs mode='weight_only' only, the layer is {spec.mode!r}"
     if not isinstance(weight, IntPackedTensor):
         kind = "none" if weight is None else weight.kind
-        return f"needs an int{bits} IntPackedTensor weight, got {kind}"
-    if weight.qtype.bits != bits:
-        return f"needs {bits}-bit codes, got {weight.qtype.name}"
+        return f"needs an integer IntPackedTensor weight, got {kind}"
+    if weight.qtype.bits > max_bits:
+        return f"needs codes of at most {max_bits} bits, got {weight.qtype.name}"
     if len(weight.shape) != 2:
         return f"needs a 2-D [N, K] weight, got shape {weight.shape}"
     return None
@@ -55,9 +58,11 @@ def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
 
 # ---------------------------------------------------------------- int8 per channel
 def _int8_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
-    reason = _common_reason(weight, spec, 8)
+    reason = _common_reason(weight, spec, max_bits=8)
     if reason:
         return reason
+    if weight.qtype.bits != 8:
+        return f"needs 8-bit codes, got {weight.qtype.name} (the int4 kernel takes 1-4 bits)"
     if not weight.qtype.signed or weight.form != "symmetric":
         return f"needs symmetric int8 (no zero point), got {weight.qtype.name} {weight.form}"
     g = weight.granularity
@@ -88,7 +93,7 @@ def _int8_run(state: dict, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- int4 per group
 def _int4_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
-    reason = _common_reason(weight, spec, 4)
+    reason = _common_reason(weight, spec, max_bits=4)
     if reason:
         return reason
     n = weight.shape[0]
@@ -102,8 +107,21 @@ def _int4_applies(weight: QTensor | None, spec: LayerSpec) -> str | None:
     return None
 
 
+def _int4_shift(weight: IntPackedTensor) -> int:
+    """u = q + shift puts the codes of a b-bit qtype in the middle of [0, 15], around 8."""
+    return 8 - 2 ** (weight.qtype.bits - 1) - weight.qtype.qmin
+
+
+def int4pack_codes(weight: IntPackedTensor) -> torch.Tensor:
+    """The unsigned int4pack codes u in [0, 15] (int32, [N, K]) of a 1-4-bit weight."""
+    return (weight.codes().to(torch.int32) + _int4_shift(weight)).contiguous()
+
+
 def int4pack_scale_zero(weight: IntPackedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 (scale, zero) of shape [N, K/group] with (u - 8)·scale + zero == dequantize."""
+    """float32 (scale, zero) of shape [N, K/group] with (u - 8)·scale + zero == dequantize.
+
+    Centring the codes (``int4pack_codes``) keeps zero near the middle of each group's range,
+    so its bf16 rounding stays as small relative to the step for 2 or 3 bits as for 4."""
     qp = weight.qparams
     s = qp.scale
     if qp.offset is not None:
@@ -112,11 +130,11 @@ def int4pack_scale_zero(weight: IntPackedTensor) -> tuple[torch.Tensor, torch.Te
         c = -s * qp.zero_point.float()
     else:
         c = torch.zeros_like(s)
-    return s, s * (weight.qtype.qmin + 8) + c
+    return s, s * (8 - _int4_shift(weight)) + c
 
 
 def _int4_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec: LayerSpec) -> dict:
-    u = (weight.codes().to(torch.int32) - weight.qtype.qmin).contiguous()  # 0..15
+    u = int4pack_codes(weight)
     group = weight.granularity.size
     # A ragged last group (in_features not a multiple of the group, e.g. 576 with g128) is
     # padded to a whole group; the input is zero-padded to match, so the padding adds 0.
@@ -154,7 +172,7 @@ WEIGHT_ONLY_ENTRIES: tuple[KernelEntry, ...] = (
         applies=_int4_applies,
         prepare=_int4_prepare,
         run=_int4_run,
-        summary="bf16 activations x int4 per-group weights (tinygemm layout)",
+        summary="bf16 activations x 1-4-bit per-group weights (tinygemm int4 layout)",
     ),
     KernelEntry(
         op="linear",
