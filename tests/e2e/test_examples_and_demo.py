@@ -13,7 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("script", ["ptq_workflows.py", "qat_workflow.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "ptq_workflows.py",
+        "qat_workflow.py",
+        pytest.param("transformers_workflow.py", marks=pytest.mark.slow),  # ~80 s, real models
+    ],
+)
 def test_example_runs(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script)],

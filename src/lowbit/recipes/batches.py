@@ -83,8 +83,9 @@ def collect_batches(
     n = sum(batch_size(b) for b in batches)
     if warn and n < RECOMMENDED_SAMPLES:
         warnings.warn(
-            f"{what} data holds only {n} samples; activation ranges from fewer than "
-            f"{RECOMMENDED_SAMPLES} are noisy (1000-2000 is the usual recommendation)",
+            f"{what} data holds only {n} samples; statistics from fewer than "
+            f"{RECOMMENDED_SAMPLES} are noisy (usual: 1000-2000 images for static int8, "
+            "128 windows of 512 tokens for GPTQ/AWQ/SmoothQuant)",
             LowbitWarning,
             stacklevel=3,
         )
