@@ -1,4 +1,5 @@
-"""The C loops of the per-token int8 linear equal the torch formulas bit for bit."""
+"""The C loops of the per-token int8 linear equal formats/affine.py (and the epilogue's
+torch formula) bit for bit."""
 
 from __future__ import annotations
 
@@ -8,21 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.errors import InvalidInputError
-from lowbit.formats.affine import choose_qparams
-from lowbit.formats.granularity import PerAxis
-from lowbit.formats.qtypes import IntType
+from lowbit.formats.affine import quantize
 from lowbit.kernels import native
-from lowbit.kernels.int8 import _quantize_rows
+from lowbit.kernels.reference import token_qparams
 
 
-def torch_quantize_rows(rows: torch.Tensor, zero_point: bool = False):
-    """The torch fallback of kernels/int8.py, with divisions (formats.affine arithmetic)."""
-    return _quantize_rows(rows.clone(), zero_point)
+def affine_quantize_rows(rows: torch.Tensor, zero_point: bool = False):
+    """Codes, (m, 1) scales and zero points of formats/affine.py, with real divisions."""
+    qp = token_qparams(rows, zero_point)
+    zp = None if qp.zero_point is None else qp.zero_point.to(torch.int32).unsqueeze(1)
+    return quantize(rows, qp), qp.scale.unsqueeze(1), zp
 
 
 def assert_same(rows: torch.Tensor, zero_point: bool) -> None:
     q, s, zp = native.quantize_rows_int8(rows, zero_point)
-    q_ref, s_ref, zp_ref = torch_quantize_rows(rows, zero_point)
+    q_ref, s_ref, zp_ref = affine_quantize_rows(rows, zero_point)
     assert torch.equal(s, s_ref)
     assert torch.equal(q, q_ref)
     assert (zp is None and zp_ref is None) or torch.equal(zp, zp_ref)
@@ -43,15 +44,13 @@ def test_quantize_rows_equals_the_torch_division(shape: tuple[int, int], zero_po
     assert_same(rows, zero_point)
 
 
-def test_asymmetric_rows_use_the_qparams_of_formats_affine() -> None:
+def test_one_sided_and_negative_rows() -> None:
     torch.manual_seed(2)
     rows = torch.cat([torch.randn(6, 50), torch.rand(3, 50) * 7, -torch.rand(2, 50)])
-    _, s, zp = native.quantize_rows_int8(rows, zero_point=True)
-    qp = choose_qparams(rows, IntType(8, True), PerAxis(0), symmetric=False, form="zero_point")
-    assert torch.equal(s.reshape(-1), qp.scale.reshape(-1))
-    assert torch.equal(zp.reshape(-1), qp.zero_point.reshape(-1).to(torch.int32))
-    q, _, _ = native.quantize_rows_int8(torch.rand(1, 300), zero_point=True)
+    assert_same(rows, zero_point=True)
+    q, _, zp = native.quantize_rows_int8(torch.rand(1, 300), zero_point=True)
     assert q.min().item() == -128 and q.max().item() == 127  # one-sided: all 256 codes
+    assert zp.item() == -128  # the row's minimum, 0 here, sits on the lowest code
 
 
 def test_exact_ties_round_half_to_even_and_near_ties_like_division() -> None:
@@ -93,7 +92,7 @@ def test_strided_rows_are_read_in_place() -> None:
     view = base[:, 3:35]  # rows contiguous, row stride 40
     for zero_point in (False, True):
         q, s, zp = native.quantize_rows_int8(view, zero_point)
-        q_ref, s_ref, zp_ref = torch_quantize_rows(view.contiguous(), zero_point)
+        q_ref, s_ref, zp_ref = affine_quantize_rows(view.contiguous(), zero_point)
         assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
         assert zp is None or torch.equal(zp, zp_ref)
 

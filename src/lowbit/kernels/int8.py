@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 
 from lowbit.errors import InvalidInputError
+from lowbit.formats.affine import quantize
 from lowbit.formats.granularity import PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
 from lowbit.kernels import native
-from lowbit.kernels.reference import to_quint8
+from lowbit.kernels.reference import to_quint8, token_qparams
 from lowbit.kernels.registry import (
     KernelEntry,
     LayerSpec,
@@ -98,30 +99,15 @@ def _per_token_prepare(weight: IntPackedTensor, bias: torch.Tensor | None, spec:
     }
 
 
-def _quantize_rows(rows: torch.Tensor, zero_point: bool):
-    """Torch twin of native.quantize_rows_int8 (same numbers): int8 codes, scale and zero
-    point (None when symmetric) per row, as formats/affine.py."""
-    if zero_point:
-        lo = rows.amin(dim=1, keepdim=True).clamp_(max=0)
-        hi = rows.amax(dim=1, keepdim=True).clamp_(min=0)
-        s = hi.sub_(lo).div_(255)
-        s.masked_fill_(s == 0, 1.0)
-        zp = lo.div_(s).round_().neg_().sub_(128).clamp_(-128, 127)
-        q = torch.div(rows, s).round_().add_(zp).clamp_(-128, 127).to(torch.int8)
-        return q, s, zp.to(torch.int32)
-    s = rows.abs().amax(dim=1, keepdim=True).div_(127)
-    s.masked_fill_(s == 0, 1.0)
-    return torch.div(rows, s).round_().clamp_(-127, 127).to(torch.int8), s, None
-
-
 def _per_token_run(state: dict, x: torch.Tensor) -> torch.Tensor:
     """int8 per row (token): s_m and, with ``token_zero_point``, zp_m as formats/affine.py
     (half-even), q = round(x / s) + zp, int8 x int8 -> int32 (torch._int_mm),
     y = (acc - zp_m · sum_k w) · s_m · s_w + b.
 
     The steps around the GEMM run as one C pass each (kernels/native.py) when built, else
-    as in-place torch ops with the same numbers: as separate fresh tensors they cost more
-    than the int8 GEMM itself (docs/decisions.md, "Per-token W8A8")."""
+    as formats/affine.py's torch ops with the same numbers, slower: as separate fresh
+    tensors they cost more than the int8 GEMM itself (docs/decisions.md, "Per-token
+    W8A8")."""
     check_float_input(x, "input")
     spec = state["spec"]
     col_sum = state["col_sum"]
@@ -140,11 +126,11 @@ def _per_token_run(state: dict, x: torch.Tensor) -> torch.Tensor:
                 "the input holds NaN or Inf; int8 quantization needs finite values "
                 "(check the layer before this one)"
             )
-        q, s, zp = _quantize_rows(rows, spec.token_zero_point)
-        acc = torch._int_mm(q, state["weight_t"])
-        if zp is not None:
-            acc.sub_(zp * col_sum)
-        y = acc.float().mul_(s).mul_(state["scale"])
+        qparams = token_qparams(rows, spec.token_zero_point)
+        acc = torch._int_mm(quantize(rows, qparams), state["weight_t"])
+        if qparams.zero_point is not None:
+            acc.sub_(qparams.zero_point.to(torch.int32).unsqueeze(1) * col_sum)
+        y = acc.float().mul_(qparams.scale.unsqueeze(1)).mul_(state["scale"])
         if state["bias"] is not None:
             y.add_(state["bias"])
         if spec.relu:

@@ -51,6 +51,15 @@ def to_quint8(x: torch.Tensor, qparams: QParams | None, what: str) -> torch.Tens
         return torch.quantize_per_tensor(x.float(), scale, zp, torch.quint8)
 
 
+def token_qparams(rows: torch.Tensor, zero_point: bool) -> QParams:
+    """Int8 scale (and zero point) of each row (token) of a 2-D input: symmetric restricted,
+    or asymmetric in the "zero_point" form (per-token dynamic W8A8; the C loops of
+    kernels/native.py compute the same numbers)."""
+    if zero_point:
+        return choose_qparams(rows, INT8, PerAxis(0), symmetric=False, form="zero_point")
+    return choose_qparams(rows, INT8, PerAxis(0))
+
+
 def simulate_input(x: torch.Tensor, spec: LayerSpec, qparams: QParams | None) -> torch.Tensor:
     """The float32 values the kernel's input stands for after activation quantization."""
     check_float_input(x, "input")
@@ -67,11 +76,7 @@ def simulate_input(x: torch.Tensor, spec: LayerSpec, qparams: QParams | None) ->
         return xf
     if spec.mode == "dynamic" and spec.per_token:
         rows = xf.reshape(-1, xf.shape[-1])
-        if spec.token_zero_point:
-            qparams = choose_qparams(rows, INT8, PerAxis(0), symmetric=False, form="zero_point")
-        else:
-            qparams = choose_qparams(rows, INT8, PerAxis(0))
-        return fake_quantize(rows, qparams).reshape(xf.shape)
+        return fake_quantize(rows, token_qparams(rows, spec.token_zero_point)).reshape(xf.shape)
     if spec.mode == "dynamic":
         qparams = choose_qparams(xf, UINT8, PerTensor(), symmetric=False, form="zero_point")
     elif qparams is None:

@@ -110,6 +110,14 @@ def qparams_from_dict(data: Mapping[str, Any] | None) -> QParams | None:
     return None if data is None else activation_qparams(data["scale"], data["zero_point"])
 
 
+def check_per_token(mode: str, per_token: bool, token_zero_point: bool) -> None:
+    """Raise InvalidSpecError for per-token options that do not go together."""
+    if per_token and mode != "dynamic":
+        raise InvalidSpecError("per_token applies to mode='dynamic' only")
+    if token_zero_point and not per_token:
+        raise InvalidSpecError("token_zero_point needs per_token=True")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """Everything a kernel needs to know about a layer besides its weight and bias.
@@ -152,10 +160,7 @@ class LayerSpec:
             raise InvalidSpecError(f"unknown op {self.op!r}; use one of {OPS}")
         if self.mode not in MODES:
             raise InvalidSpecError(f"unknown mode {self.mode!r}; use one of {MODES}")
-        if self.per_token and self.mode != "dynamic":
-            raise InvalidSpecError("per_token applies to mode='dynamic' only")
-        if self.token_zero_point and not self.per_token:
-            raise InvalidSpecError("token_zero_point needs per_token=True")
+        check_per_token(self.mode, self.per_token, self.token_zero_point)
         if self.op == "embedding" and self.mode != "weight_only":
             raise InvalidSpecError(
                 "an embedding lookup has no input to quantize: mode='weight_only'"

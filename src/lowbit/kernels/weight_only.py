@@ -6,9 +6,8 @@
   convention). Every IntPackedTensor form of 1 to 4 bits converts to it exactly in float32
   (w = s·q + c with c = 0, -s·z or Lmin - s·qmin; u = q + shift in [0, 15] centred on 8,
   shift = 8 - 2^(bits-1) - qtype.qmin, so zero = s·(8 - shift) + c); only the bf16 storage
-  of scale/zero rounds. 3- and 2-bit
-  weights thus run at int4 speed and take 4 bits per weight in memory while running (their
-  files keep 3 and 2).
+  of scale/zero rounds. 3- and 2-bit weights thus run at int4 speed and take 4 bits per
+  weight in memory while running (their files keep 3 and 2).
 
 The input is cast to bf16 and the output back to the input's dtype: with fp32 activations
 these ops are 3-12x slower than fp32 F.linear on CPU (measured, see /docs/decisions.md), so

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from lowbit.errors import InvalidSpecError, UnsupportedFormatError
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
+from lowbit.kernels.registry import check_per_token
 from lowbit.tensors.base import granularity_from_dict, granularity_to_dict
 
 RECIPE_VERSION = 1
@@ -61,10 +62,7 @@ class ActivationSpec:
     token_zero_point: bool = False  # per_token: a zero point per token too (asymmetric)
 
     def __post_init__(self) -> None:
-        if self.per_token and self.mode != "dynamic":
-            raise InvalidSpecError("per_token applies to mode='dynamic' only")
-        if self.token_zero_point and not self.per_token:
-            raise InvalidSpecError("token_zero_point needs per_token=True")
+        check_per_token(self.mode, self.per_token, self.token_zero_point)
 
 
 @dataclass(frozen=True)
