@@ -58,6 +58,15 @@ def test_per_token_state_round_trip(token_zero_point: bool) -> None:
     assert not QuantLinear.from_state(tensors, old).spec.token_zero_point
 
 
+@pytest.mark.parametrize(
+    ("mode", "per_token"), [("weight_only", False), ("dynamic", False), ("dynamic", True)]
+)
+def test_a_wrong_input_width_is_a_clear_error(mode: str, per_token: bool) -> None:
+    m = QuantLinear(int8_weight(16, 32), mode=mode, per_token=per_token)
+    with pytest.raises(InvalidInputError, match="in_features=32, got shape \\(3, 31\\)"):
+        m(torch.randn(3, 31))
+
+
 def test_from_float_keeps_bias_and_checks_shape() -> None:
     lin = torch.nn.Linear(64, 32)
     w = int8_weight(32, 64)

@@ -68,6 +68,14 @@ class QuantLinear(KernelModule):
         )
         self._setup(weight, bias, spec, kernel, registry)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise InvalidInputError(
+                f"this QuantLinear takes inputs whose last dimension is in_features="
+                f"{self.in_features}, got shape {tuple(x.shape)}; check the layer before it"
+            )
+        return super().forward(x)
+
     @property
     def in_features(self) -> int:
         return self.weight.shape[1]
