@@ -79,6 +79,24 @@ def ort_int8(model, batch: dict, tmp: Path):
     return lambda: session.run(None, feed)
 
 
+def profile_ops(name: str, run, forwards: int = 3) -> None:
+    """The ops that take the most time in ``run``, in ms per forward (torch.profiler; the
+    C loops of kernels/native.py run through ctypes and show only in the total)."""
+    from torch.profiler import profile
+
+    with torch.inference_mode():  # as the timed cases run (eval/latency.py)
+        run()
+        start = time.perf_counter()
+        with profile() as prof:
+            for _ in range(forwards):
+                run()
+    total = 1000 * (time.perf_counter() - start) / forwards
+    print(f"\n{name}: {total:.0f} ms per forward under the profiler; top ops (ms per forward):")
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    for e in events[:6]:
+        print(f"  {e.key:50s} {e.self_cpu_time_total / 1000 / forwards:7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=1000)
@@ -88,6 +106,10 @@ def main() -> None:
     parser.add_argument(
         "--default-malloc", action="store_true",
         help="leave glibc's malloc as it is (default: lowbit.retain_freed_memory() for all cases)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also print where the time goes (torch.profiler) for fp32 and w8a8-dynamic",
     )  # fmt: skip
     args = parser.parse_args()
     if "w8a8-dynamic" not in args.presets:
@@ -144,6 +166,9 @@ def main() -> None:
             f"| {name} | {1000 * sorted(s)[len(s) // 2]:.1f} | {med:.2f}x ({lo:.2f}–{hi:.2f})"
             f" | {vs:.2f}x ({vlo:.2f}–{vhi:.2f}) |"
         )
+    if args.profile:
+        for name in ("fp32 eager", "lowbit w8a8-dynamic"):
+            profile_ops(name, cases[name])
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(
         f"{len(texts)} passages of 32 words from the evaluation split; calibration "
