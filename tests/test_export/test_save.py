@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
 from torch import nn
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export import load, save
 from lowbit.recipes import quantize
+from lowbit_testkit.models import tiny_llama
 
 
 def _model() -> nn.Module:

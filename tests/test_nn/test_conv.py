@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from kernels.kernel_helpers import int8_weight, minmax_qparams, sqnr_db
 
 from lowbit.errors import InvalidSpecError
 from lowbit.kernels import REFERENCE_NAME
 from lowbit.nn import QuantConv2d
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, sqnr_db
 
 
 def test_from_float_takes_geometry_and_matches_reference() -> None:

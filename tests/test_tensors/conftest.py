@@ -1,4 +1,4 @@
-"""Shared check for tests/tensors: a QTensor survives to_dict -> JSON -> from_dict exactly."""
+"""Shared check for tests/test_tensors: a QTensor survives to_dict -> JSON -> from_dict exactly."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import load_golden
+
+from lowbit_testkit.golden import load_golden
 
 GOLDEN = load_golden("affine_worked_examples.json")["cases"]
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from kernels.kernel_helpers import minmax_qparams
 
 from lowbit.errors import InvalidInputError
 from lowbit.kernels import REFERENCE_NAME, explain
 from lowbit.nn import Add, QuantAdd
+from lowbit_testkit.kernel_helpers import minmax_qparams
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
 
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
 from lowbit.export.hf import LoadedModel, load_model
+from lowbit_testkit.models import tiny_llama
 
 
 def _minilm() -> Path:

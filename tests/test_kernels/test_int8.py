@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernels.kernel_helpers import int8_weight, minmax_qparams, run_pair, sqnr_db
 
 from lowbit.formats.affine import QParams
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, run_pair, sqnr_db
 
 DYN = "int8 dynamic (quantized.linear_dynamic, x86/fbgemm)"
 STATIC_LINEAR = "int8 static (quantized.linear, x86/fbgemm)"

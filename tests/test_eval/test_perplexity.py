@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_llama as make_tiny_llama
 
 from lowbit.errors import InvalidInputError
 from lowbit.eval.perplexity import PerplexityResult, perplexity
 from lowbit.eval.text import evaluation_text
+from lowbit_testkit.models import tiny_llama as make_tiny_llama
 
 VOCAB = 64
 

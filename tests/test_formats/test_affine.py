@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_golden
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from lowbit.formats.affine import (
 )
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor, broadcast_to
 from lowbit.formats.qtypes import IntType
+from lowbit_testkit.golden import load_golden
 
 GOLDEN = load_golden("affine_worked_examples.json")["cases"]
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from kernels.kernel_helpers import int8_weight, minmax_qparams
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.formats.granularity import PerGroup
@@ -14,6 +13,7 @@ from lowbit.formats.qtypes import NF4, IntType
 from lowbit.kernels import REFERENCE_NAME, explain
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.tensors import CodebookPackedTensor, IntPackedTensor
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 WEIGHTS = {
     "int8": lambda: int8_weight(32, 64),

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from kernels.kernel_helpers import int8_weight, minmax_qparams
 
 from lowbit.errors import InvalidSpecError
 from lowbit.formats.granularity import PerAxis, PerGroup
@@ -24,6 +23,7 @@ from lowbit.kernels import (
     select_kernel,
 )
 from lowbit.tensors import CodebookPackedTensor, Float8Tensor, IntPackedTensor, LevelsPackedTensor
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 QP = activation_qparams(0.05, 128)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import load_golden
 
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.explain import explain_values
+from lowbit_testkit.golden import load_golden
 
 GOLDEN = load_golden("affine_worked_examples.json")["cases"]
 

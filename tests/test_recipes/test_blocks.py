@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import tiny_llama as make_tiny_llama
 from torch import nn
 
 from lowbit.recipes.batches import run_batch
 from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
 from lowbit.recipes.blockwise import _scale_groups, scale_groups
 from lowbit.recipes.presets import get_recipe
+from lowbit_testkit.models import tiny_llama as make_tiny_llama
 
 
 def tiny_llama() -> nn.Module:
