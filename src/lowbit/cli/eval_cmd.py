@@ -4,7 +4,7 @@ against a reference, on a text file or the built-in evaluation text."""
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +14,7 @@ from lowbit.cli.output import print_json, print_table
 from lowbit.errors import InvalidInputError
 
 
-class EvalTask(str, Enum):
+class EvalTask(StrEnum):
     perplexity = "perplexity"
     embedding_fidelity = "embedding-fidelity"
 

@@ -79,10 +79,24 @@ def _folder_architectures(folder: Path) -> list[str]:
         ) from None
 
 
+# Any of these in a local folder means it ships a tokenizer (fast, sentencepiece or BPE).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+    "vocab.json", "vocab.txt", "merges.txt",
+)  # fmt: skip
+
+
 def _load_tokenizer(transformers: Any, source: str, **kwargs: Any) -> Any:
+    folder = Path(source)
+    ships_none = not any((folder / name).is_file() for name in TOKENIZER_FILES)
+    if "gguf_file" not in kwargs and folder.is_dir() and ships_none:
+        # transformers 4.x would otherwise try to build one from the config's class and fail
+        # on a missing sentencepiece/protobuf instead of saying there is none.
+        logger.warning("no tokenizer files in %s; pass token ids instead of text", source)
+        return None
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         # A folder of weights alone (no tokenizer files) is still usable with token ids.
         logger.warning(
             "no tokenizer loaded from %s (%s); pass token ids instead of text", source, exc
