@@ -20,7 +20,7 @@ from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams
 from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
-from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
+from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.observers.base import Observer
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
@@ -272,7 +272,7 @@ def quantize(
     qmodel = copy.deepcopy(model).eval()
     if recipe.kind == "cast":
         dtype = getattr(torch, recipe.cast_dtype or "")
-        cast = CastModel(qmodel.to(dtype), dtype)
+        cast = cast_model(qmodel, dtype)
         cast.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
         return cast
     plan = _plan(qmodel, recipe)
