@@ -91,6 +91,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "format_version": FORMAT_VERSION,
         "lowbit_version": lowbit.__version__,
         "recipe": getattr(model, "lowbit_recipe", None),
+        "float_layers": getattr(model, "lowbit_float_layers", None),
         "cast_dtype": getattr(model, "lowbit_cast_dtype", None),
         "modules": entries,
         "aliases": aliases,
@@ -204,6 +205,8 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
         )
     if manifest.get("recipe") is not None:
         result.lowbit_recipe = manifest["recipe"]  # type: ignore[assignment]
+    if manifest.get("float_layers") is not None:
+        result.lowbit_float_layers = manifest["float_layers"]  # type: ignore[assignment]
     return result
 
 
