@@ -183,3 +183,18 @@ def test_cast_presets_evaluate_from_the_command_line(tmp_path, tiny_lm, tiny_enc
     result = runner.invoke(app, [*args, "--chunks", "24", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["cosine_mean"] > 0.99
+
+
+def test_perplexity_of_an_encoder_is_refused(capsys, tmp_path, tiny_encoder) -> None:
+    saved = tmp_path / "encoder-int8"
+    result = runner.invoke(
+        app, ["quantize", str(tiny_encoder), "--recipe", "int8-dynamic", "--out", str(saved)]
+    )
+    assert result.exit_code == 0, result.output
+    for model in (_minilm(), str(saved)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", model, "--task", "perplexity", "--max-tokens", "64"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "not a causal language model (architectures: BertModel)" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -11,6 +11,7 @@ from lowbit.errors import InvalidInputError
 from lowbit.nn.attention import SplitAttention
 
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kdim", [None, 6])

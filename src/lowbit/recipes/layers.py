@@ -15,7 +15,8 @@ import warnings
 from torch import nn
 
 from lowbit.errors import LowbitWarning
-from lowbit.nn.attention import SplitAttention, split_attention_unsupported
+from lowbit.nn import SplitAttention
+from lowbit.nn.attention import split_attention_unsupported
 from lowbit.recipes.fuse import set_module
 from lowbit.recipes.spec import Recipe
 
