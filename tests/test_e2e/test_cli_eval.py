@@ -143,7 +143,9 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, tiny_lm) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["layers"][0]["weight"].startswith("int4")
+    layers = json.loads(result.stdout)["layers"]
+    assert layers[0]["mode"] == "float" and "embeddings='int8'" in layers[0]["reason"]
+    assert next(r for r in layers if r["mode"] != "float")["weight"].startswith("int4")
 
 
 def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:
