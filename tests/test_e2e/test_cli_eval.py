@@ -143,7 +143,9 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, tiny_lm) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["layers"][0]["weight"].startswith("int4")
+    layers = json.loads(result.stdout)["layers"]
+    assert layers[0]["mode"] == "float" and "embeddings='int8'" in layers[0]["reason"]
+    assert next(r for r in layers if r["mode"] != "float")["weight"].startswith("int4")
 
 
 def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:
@@ -152,3 +154,49 @@ def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:
     )
     assert result.exit_code != 0
     assert (tiny_lm / "config.json").exists() and (tiny_lm / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A tiny random BERT-like encoder folder with the MiniLM tokenizer."""
+    folder = tmp_path_factory.mktemp("encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_minilm())
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+    )  # fmt: skip
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("recipe", ["fp16", "bf16"])
+def test_cast_presets_evaluate_from_the_command_line(tmp_path, tiny_lm, tiny_encoder, recipe):
+    lm, encoder = tmp_path / "lm", tmp_path / "encoder"
+    for source, out in ((tiny_lm, lm), (tiny_encoder, encoder)):
+        args = ["quantize", str(source), "--recipe", recipe, "--out", str(out), "--json"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    args = ["eval", str(lm), "--task", "perplexity", "--max-tokens", "200", "--ctx", "64"]
+    result = runner.invoke(app, [*args, "--stride", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    assert math.isfinite(json.loads(result.stdout)["perplexity"])
+    args = ["eval", str(encoder), "--task", "embedding-fidelity", "--reference", str(tiny_encoder)]
+    result = runner.invoke(app, [*args, "--chunks", "24", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cosine_mean"] > 0.99
+
+
+def test_perplexity_of_an_encoder_is_refused(capsys, tmp_path, tiny_encoder) -> None:
+    saved = tmp_path / "encoder-int8"
+    result = runner.invoke(
+        app, ["quantize", str(tiny_encoder), "--recipe", "int8-dynamic", "--out", str(saved)]
+    )
+    assert result.exit_code == 0, result.output
+    for model in (_minilm(), str(saved)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", model, "--task", "perplexity", "--max-tokens", "64"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "not a causal language model (architectures: BertModel)" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -109,3 +109,10 @@ def test_unreachable_hub_id_says_to_pass_a_local_folder(monkeypatch) -> None:
     with pytest.raises(LowbitError, match=r"hub is unreachable.*local folder") as info:
         load_model("lowbit-tests/no-such-model")
     assert isinstance(info.value.__cause__, OSError)
+
+
+def test_an_encoder_loaded_as_a_causal_lm_is_refused() -> None:
+    from lowbit.export.hf import TaskMismatchError
+
+    with pytest.raises(TaskMismatchError, match="random"):
+        load_model(_minilm(), task="causal-lm")

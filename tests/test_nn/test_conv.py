@@ -31,13 +31,44 @@ def test_from_float_takes_geometry_and_matches_reference() -> None:
     assert float((m(x) - ref(x)).abs().max()) <= step * 1.001
 
 
-def test_from_float_rejects_unsupported_padding() -> None:
-    with pytest.raises(InvalidSpecError, match="padding_mode"):
-        QuantConv2d.from_float(
-            torch.nn.Conv2d(2, 2, 3, padding_mode="reflect"), int8_weight(2, 2, 3, 3)
-        )
+PADDINGS = [
+    {"padding": 1, "padding_mode": "reflect"},
+    {"padding": (2, 1), "padding_mode": "replicate"},
+    {"padding": 1, "padding_mode": "circular"},
+    {"padding": "same"},
+    {"padding": "same", "kernel_size": 4, "dilation": 2},  # odd total: one more right/bottom
+    {"padding": "same", "padding_mode": "reflect"},
+    {"padding": "valid"},
+]
+
+
+@pytest.mark.parametrize("options", PADDINGS)
+def test_every_padding_of_nn_conv2d_matches_it(options: dict) -> None:
+    options = dict(options)
+    conv = torch.nn.Conv2d(3, 4, options.pop("kernel_size", 3), **options).eval()
+    w = int8_weight(*conv.weight.shape)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        conv.weight.copy_(w.dequantize())
+        ref = conv(x)
+    torch.testing.assert_close(QuantConv2d.from_float(conv, w)(x), ref)
+    qp = minmax_qparams(x)
+    static = QuantConv2d.from_float(
+        conv, w, mode="static", input_qparams=qp, output_qparams=minmax_qparams(ref)
+    )
+    assert sqnr_db(ref, static(x)) > 30
+    quint8 = torch.quantize_per_tensor(x, float(qp.scale), int(qp.zero_point), torch.quint8)
+    torch.testing.assert_close(static(quint8), static(x))  # int8 hand-over pads alike
+    tensors, meta = static.to_state()
+    again = QuantConv2d.from_state(tensors, json.loads(json.dumps(meta)))
+    assert torch.equal(again(x), static(x))
+
+
+def test_bad_padding_options_are_refused() -> None:
     with pytest.raises(InvalidSpecError, match="padding='same'"):
-        QuantConv2d.from_float(torch.nn.Conv2d(2, 2, 3, padding="same"), int8_weight(2, 2, 3, 3))
+        QuantConv2d(int8_weight(2, 2, 3, 3), padding="same")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpecError, match="padding_mode='mirror'"):
+        QuantConv2d(int8_weight(2, 2, 3, 3), padding_mode="mirror")
 
 
 def _pair(kernel: str | None, x: torch.Tensor, w1, b1, w2, b2):

@@ -93,9 +93,10 @@ def test_int8_static_matches_fp32_closely_and_is_small(model, calib) -> None:
 
 
 def test_describe_a_plan_before_quantizing(model) -> None:
-    rows = describe(model, "w4a16-g32")
-    assert {r["module"] for r in rows} == {"conv1", "conv2", "fc1", "fc2"}
-    assert all("int4 group 32" in r["spec"] for r in rows)
+    rows = {r["module"]: r for r in describe(model, "w4a16-g32")}
+    assert set(rows) == {"conv1", "bn1", "conv2", "fc1", "fc2"}
+    assert all("int4 group 32" in rows[m]["spec"] for m in ("conv1", "conv2", "fc1", "fc2"))
+    assert rows["bn1"]["spec"] == "float" and "normalization" in rows["bn1"]["reason"]
 
 
 def test_static_needs_calibration_data_of_the_right_shape(model) -> None:

@@ -81,11 +81,14 @@ def quantize_model(
             r.get("weight", r.get("spec", "")),
             r.get("kernel", ""),
             r.get("bits_per_weight", ""),
+            r.get("reason", ""),
         ]
         for r in doc["layers"]
     ]
     print_table(
-        f"{model} → {folder} ({resolved.name})", ["module", "weight", "kernel", "bits/weight"], rows
+        f"{model} → {folder} ({resolved.name})",
+        ["module", "weight", "kernel", "bits/weight", "float because"],
+        rows,
     )
     typer.echo(
         f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB, weights {size / 1e6:.1f} MB"

@@ -61,11 +61,24 @@ def _auto_class(transformers: Any, kind: str) -> Any:
     return transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
 
 
-def _kind(architectures: list[str], task: str) -> str:
-    """The task asked for, or for "auto" the kind the config's ``architectures`` name."""
+class TaskMismatchError(InvalidInputError):
+    """The model cannot do the task asked for (an encoder asked for perplexity)."""
+
+
+def _kind(architectures: list[str], task: str, source: str) -> str:
+    """The task asked for, or for "auto" the kind the config's ``architectures`` name. A
+    causal LM task on a model whose architectures name no language model is refused:
+    transformers would add a randomly initialised head and every score would be noise."""
+    causal = any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures)
+    if task == "causal-lm" and architectures and not causal:
+        raise TaskMismatchError(
+            f"{source} is not a causal language model (architectures: "
+            f"{', '.join(map(str, architectures))}), so it cannot score perplexity: its "
+            "language-model head would be random. Use --task embedding-fidelity for an "
+            "encoder, or pass a *ForCausalLM model"
+        )
     if task != "auto":
         return task
-    causal = any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures)
     return "causal-lm" if causal else "embedding"
 
 
@@ -125,7 +138,7 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
             "folder saved with save_pretrained, or a .gguf file"
         )
     _folder_safetensors(folder)  # refuses pickle-only and weightless folders with the fix
-    kind = _kind(_folder_architectures(folder), task)
+    kind = _kind(_folder_architectures(folder), task, str(folder))
     transformers = require("transformers", "hf")
     model = _from_pretrained(
         _auto_class(transformers, kind), str(folder), str(folder), use_safetensors=True, dtype=dtype
@@ -145,7 +158,7 @@ def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
             "lowbit.load(folder, MyModel())"
         )
     transformers = require("transformers", "hf")
-    kind = _kind([architecture["class"]], task)
+    kind = _kind([architecture["class"]], task, str(folder))
     return LoadedModel(load(folder), _load_tokenizer(transformers, str(folder)), kind, "lowbit")
 
 
@@ -166,7 +179,7 @@ def _load_hub(repo_id: str, task: str, dtype: torch.dtype) -> LoadedModel:
     transformers = require("transformers", "hf")
     try:
         config = transformers.AutoConfig.from_pretrained(repo_id)
-        kind = _kind(getattr(config, "architectures", None) or [], task)
+        kind = _kind(getattr(config, "architectures", None) or [], task, repo_id)
         model = _from_pretrained(
             _auto_class(transformers, kind), repo_id, repo_id, use_safetensors=True, dtype=dtype
         )

@@ -27,7 +27,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
-from lowbit.nn import CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
+from lowbit.nn import QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.recipes.fuse import set_module
 
 FORMAT_NAME = "lowbit-model"
@@ -91,9 +91,8 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "format_version": FORMAT_VERSION,
         "lowbit_version": lowbit.__version__,
         "recipe": getattr(model, "lowbit_recipe", None),
-        "cast_dtype": str(model.dtype).removeprefix("torch.")
-        if isinstance(model, CastModel)
-        else None,
+        "float_layers": getattr(model, "lowbit_float_layers", None),
+        "cast_dtype": getattr(model, "lowbit_cast_dtype", None),
         "modules": entries,
         "aliases": aliases,
         "transformers": _transformers_architecture(model),
@@ -122,11 +121,10 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
 def _transformers_architecture(model: nn.Module) -> dict[str, Any] | None:
     """For a transformers model: its class name and config, so load() can rebuild the float
     architecture without the user passing it."""
-    inner = model.inner if isinstance(model, CastModel) else model
-    config = getattr(inner, "config", None)
+    config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return None
-    return {"class": type(inner).__name__, "config": config.to_dict()}
+    return {"class": type(model).__name__, "config": config.to_dict()}
 
 
 def _transformers_skeleton(spec: dict[str, Any]) -> nn.Module:
@@ -187,7 +185,7 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
     result = copy.deepcopy(model).eval()
     if manifest.get("cast_dtype"):
         dtype = getattr(torch, manifest["cast_dtype"])
-        result = CastModel(result.to(dtype), dtype)
+        result = cast_model(result, dtype)
     try:
         _place_modules(result, manifest["modules"], tensors)
     except AttributeError as exc:
@@ -207,6 +205,8 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
         )
     if manifest.get("recipe") is not None:
         result.lowbit_recipe = manifest["recipe"]  # type: ignore[assignment]
+    if manifest.get("float_layers") is not None:
+        result.lowbit_float_layers = manifest["float_layers"]  # type: ignore[assignment]
     return result
 
 

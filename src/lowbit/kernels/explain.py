@@ -64,10 +64,25 @@ class KernelTable:
 
 
 def explain(model: torch.nn.Module) -> KernelTable:
-    """One row per module of ``model`` that reports a kernel (``kernel_report()``), in
-    ``named_modules()`` order; the root module is called "(root)"."""
+    """One row per module of ``model`` that reports a kernel (``kernel_report()``), and one
+    per layer ``lowbit.quantize`` left in float (``model.lowbit_float_layers``: name ->
+    reason), in ``named_modules()`` order; the root module is called "(root)"."""
     rows = []
+    float_layers = getattr(model, "lowbit_float_layers", None) or {}
     for name, module in model.named_modules():
+        if (name or "(root)") in float_layers:
+            dtype = next(module.parameters(recurse=False), torch.empty(0)).dtype
+            rows.append(
+                KernelRow(
+                    module=name or "(root)",
+                    op=type(module).__name__,
+                    weight=str(dtype).removeprefix("torch."),
+                    mode="float",
+                    kernel="torch (float)",
+                    why=float_layers[name or "(root)"],
+                )
+            )
+            continue
         report = getattr(module, "kernel_report", None)
         if callable(report):
             info = report()

@@ -70,7 +70,8 @@ class QATState:
         input_qparams: unsigned, zero-point form, per tensor.
         output_qparams: like input_qparams for the output, or None when it is not quantized.
         relu: whether a ReLU follows the op (fused Linear+ReLU / Conv+ReLU).
-        conv: ``stride``, ``padding``, ``dilation``, ``groups`` of a conv2d; empty for linear.
+        conv: ``stride``, ``padding``, ``padding_mode``, ``dilation``, ``groups`` of a conv2d;
+            empty for linear.
     """
 
     op: Literal["linear", "conv2d"]
@@ -372,7 +373,8 @@ class QATConv2d(_QATModule):
     """A Conv2d (optionally fused with a following ReLU) trained with fake quantization.
 
     Args:
-        conv: the float ``nn.Conv2d`` (padding_mode "zeros"); its Parameters are reused.
+        conv: the float ``nn.Conv2d`` (any padding and padding_mode); its Parameters are
+            reused.
         Other arguments as ``QATLinear``.
 
     Shapes: input (N, C_in, H, W) float; output (N, C_out, H', W') float.
@@ -397,11 +399,6 @@ class QATConv2d(_QATModule):
                 f"QATConv2d wraps an nn.Conv2d, got {type(conv).__name__}; use QATLinear for "
                 "nn.Linear"
             )
-        if conv.padding_mode != "zeros":
-            raise InvalidSpecError(
-                f"QATConv2d supports padding_mode='zeros' only (int8 convolutions pad with "
-                f"zeros), got {conv.padding_mode!r}; pad the input explicitly instead"
-            )
         super().__init__(
             conv,
             weight_bits=weight_bits,
@@ -417,16 +414,22 @@ class QATConv2d(_QATModule):
         self.kernel_size = conv.kernel_size
         self.stride = conv.stride
         self.padding = conv.padding
+        self.padding_mode = conv.padding_mode
         self.dilation = conv.dilation
         self.groups = conv.groups
+        self._input_padding = conv._reversed_padding_repeated_twice
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d: pad the input, then no padding
+            x, padding = F.pad(x, self._input_padding, mode=self.padding_mode), (0, 0)
+        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def _conv_args(self) -> dict[str, Any]:
         return {
             "stride": self.stride,
             "padding": self.padding,
+            "padding_mode": self.padding_mode,
             "dilation": self.dilation,
             "groups": self.groups,
         }

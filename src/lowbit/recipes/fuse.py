@@ -47,11 +47,15 @@ def fold_batchnorm(module: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchN
     return folded
 
 
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the sub-module at qualified ``name``."""
+def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Replace the sub-module at qualified ``name``; returns the model, which is ``new``
+    itself when ``name`` is "" (the model is a bare Linear or Conv2d)."""
+    if not name:
+        return new
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    return model
 
 
 def _foldable(producer: nn.Module, bn: nn.Module) -> bool:

@@ -18,6 +18,7 @@ from lowbit.formats.qtypes import get_qtype
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.nn.qat import QATConv2d, QATLinear
 from lowbit.recipes.fuse import fused_parts, set_module
+from lowbit.recipes.layers import split_attention
 from lowbit.recipes.presets import get_recipe
 from lowbit.recipes.quantize import _fuse, _keep_int8_between_layers, _no_layer_error, _plan
 from lowbit.recipes.spec import Recipe
@@ -54,9 +55,10 @@ def prepare_qat(
             "the model has BatchNorm layers, which QAT folds into the layer before: pass "
             "example_inputs=<one input batch> so lowbit can find them"
         )
+    qmodel = split_attention(qmodel)
     plan = _plan(qmodel, recipe)
     if not plan:
-        raise _no_layer_error(model)
+        raise _no_layer_error(qmodel, recipe)
     for entry in plan:
         float_module, relu = fused_parts(qmodel.get_submodule(entry.name))
         cls = QATConv2d if isinstance(float_module, nn.Conv2d) else QATLinear
@@ -64,7 +66,7 @@ def prepare_qat(
         qat = cls(
             float_module, weight_bits=bits, relu=relu, quantize_output=True, learnable=learnable
         )
-        set_module(qmodel, entry.name, qat)
+        qmodel = set_module(qmodel, entry.name, qat)
     qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
     return qmodel.train()
 
@@ -100,7 +102,7 @@ def convert(model: nn.Module, example_inputs: Any = None) -> nn.Module:
         float_module.weight.data.copy_(state.weight)
         if state.bias is not None:
             float_module.bias.data.copy_(state.bias)
-        set_module(
+        qmodel = set_module(
             qmodel,
             name,
             cls.from_float(

@@ -20,12 +20,18 @@ from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams
 from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
-from lowbit.nn import Add, CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
+from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.observers.base import Observer
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, run_batch
 from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
+from lowbit.recipes.layers import (
+    float_layers,
+    reads_child_weights,
+    split_attention,
+    warn_unsupported,
+)
 from lowbit.recipes.presets import get_recipe
 from lowbit.recipes.spec import QuantSpec, Recipe, WeightSpec
 from lowbit.recipes.trace import function_name, trace_flow
@@ -60,27 +66,37 @@ class PlanEntry:
 
 
 def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
-    """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order."""
+    """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order; the
+    root itself when the model is a bare Linear or Conv2d (its name is "")."""
     modules = dict(model.named_modules())
     inner = {
         f"{n}.0" for n, m in modules.items() if isinstance(m, nn.Sequential) and fused_parts(m)
     }
     plan = []
     for name, module in modules.items():
-        if not name or name in inner or fused_parts(module) is None:
+        if name in inner or fused_parts(module) is None:
             continue
+        parent, _, child = name.rpartition(".")
+        if name and child in reads_child_weights(modules[parent]):
+            continue  # quantizing it would break the parent's forward (layers.py)
+        if not name and not isinstance(module, nn.Conv2d | nn.Linear):
+            continue  # a root Sequential(Linear, ReLU) keeps its class; its parts are planned
         spec = recipe.spec_for(name)
         if spec is not None:
             plan.append(PlanEntry(name, spec))
     return plan
 
 
-def _no_layer_error(model: nn.Module) -> InvalidInputError:
+def _no_layer_error(model: nn.Module, recipe: Recipe) -> InvalidInputError:
     kinds = sorted({type(m).__name__ for m in model.modules()})
+    unsupported = {n: r for n, r in float_layers(model, recipe).items() if "unsupported" in r}
+    why = "".join(
+        f"; {n} stays float: {r.removeprefix('unsupported: ')}" for n, r in unsupported.items()
+    )
     return InvalidInputError(
         "the model has no quantizable layer left after the recipe's rules (lowbit quantizes "
-        f"nn.Linear and nn.Conv2d; this model has: {', '.join(kinds)}); check the model or "
-        "the recipe's skip patterns"
+        f"nn.Linear and nn.Conv2d; this model has: {', '.join(kinds)}{why}); check the model "
+        "or the recipe's skip patterns"
     )
 
 
@@ -271,18 +287,15 @@ def quantize(
         )
     qmodel = copy.deepcopy(model).eval()
     if recipe.kind == "cast":
-        dtype = getattr(torch, recipe.cast_dtype or "")
-        cast = CastModel(qmodel.to(dtype), dtype)
-        cast.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
-        return cast
+        return _finish(cast_model(qmodel, getattr(torch, recipe.cast_dtype or "")), recipe)
+    qmodel = split_attention(qmodel)
     plan = _plan(qmodel, recipe)
     if not plan:
-        raise _no_layer_error(model)
+        raise _no_layer_error(qmodel, recipe)
     if any(e.spec.algorithm != "rtn" for e in plan):
         _quantize_calibrated_blocks(qmodel, plan, calib_data)
         _quantize_embeddings(qmodel, recipe)
-        qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
-        return qmodel
+        return _finish(qmodel, recipe)
     static = any(e.spec.activation.mode == "static" for e in plan)
     calibrated: dict[str, dict[str, QParams]] = {}
     batches = None
@@ -298,7 +311,7 @@ def quantize(
     for entry in track(plan, "quantizing", total=len(plan)):
         qparams = calibrated.get(entry.name)
         new = _convert_module(qmodel.get_submodule(entry.name), entry.spec, qparams)
-        set_module(qmodel, entry.name, new)
+        qmodel = set_module(qmodel, entry.name, new)
     for name, module in list(qmodel.named_modules()):
         if isinstance(module, Add) and name in calibrated:
             q = calibrated[name]
@@ -312,7 +325,15 @@ def quantize(
     if static:
         qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
     _quantize_embeddings(qmodel, recipe)
+    return _finish(qmodel, recipe)
+
+
+def _finish(qmodel: nn.Module, recipe: Recipe) -> nn.Module:
+    """Record the recipe and the float layers (with reasons) on the model; warn about the
+    layers lowbit could not quantize."""
     qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
+    qmodel.lowbit_float_layers = float_layers(qmodel, recipe)  # type: ignore[assignment]
+    warn_unsupported(qmodel.lowbit_float_layers)  # type: ignore[arg-type]
     return qmodel
 
 
@@ -329,21 +350,27 @@ def _quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
 
 
 def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[str, Any]]:
-    """Which module got which treatment: one row per Linear/Conv2d, quantized or not.
+    """Which module got which treatment, in model order: one row per quantized module and
+    one per module left in float (every module with its own parameters), with the reason
+    ("reason": "skipped by the recipe's rules", "unsupported: no quantized Conv1d ...").
 
-    With ``recipe``, describes what ``quantize`` would do to the float ``model``.
+    With ``recipe``, describes what ``quantize`` would do to the float ``model`` ("spec").
     """
-    resolved = get_recipe(recipe) if recipe is not None else None
+    if recipe is not None:
+        return _describe_plan(model, get_recipe(recipe))
+    reasons = getattr(model, "lowbit_float_layers", None)
+    if reasons is None:
+        saved = getattr(model, "lowbit_recipe", None)
+        reasons = float_layers(model, Recipe.from_dict(saved) if saved else None)
     rows: list[dict[str, Any]] = []
     for name, module in model.named_modules():
-        if not name:
-            continue
+        key = name or "(root)"
         if hasattr(module, "kernel_report"):
             report = module.kernel_report()
             weight = getattr(module, "weight", None)
             rows.append(
                 {
-                    "module": name,
+                    "module": key,
                     "type": type(module).__name__,
                     "weight": report["weight"],
                     "mode": report["mode"],
@@ -352,13 +379,33 @@ def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[
                     "bytes": None if weight is None else weight.nbytes,
                 }
             )
-        elif isinstance(module, nn.Conv2d | nn.Linear):
-            spec = resolved.spec_for(name) if resolved is not None else None
+        elif key in reasons:
+            dtype = next(module.parameters(recurse=False)).dtype
             rows.append(
                 {
-                    "module": name,
+                    "module": key,
                     "type": type(module).__name__,
-                    "spec": spec.describe() if spec else "float",
+                    "weight": str(dtype).removeprefix("torch."),
+                    "mode": "float",
+                    "kernel": "torch (float)",
+                    "reason": reasons[key],
                 }
             )
+    return rows
+
+
+def _describe_plan(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
+    if recipe.kind == "ptq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        model = split_attention(copy.deepcopy(model))
+    planned = {e.name: e.spec for e in _plan(model, recipe)} if recipe.kind == "ptq" else {}
+    reasons = float_layers(model, recipe)
+    rows: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        key, kind = name or "(root)", type(module).__name__
+        if name in planned:
+            rows.append({"module": key, "type": kind, "spec": planned[name].describe()})
+        elif isinstance(module, nn.Embedding) and recipe.embeddings and recipe.spec_for(name):
+            rows.append({"module": key, "type": kind, "spec": f"{recipe.embeddings} per row"})
+        elif key in reasons:
+            rows.append({"module": key, "type": kind, "spec": "float", "reason": reasons[key]})
     return rows
