@@ -143,7 +143,9 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, tiny_lm) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["layers"][0]["weight"].startswith("int4")
+    layers = {row["module"]: row for row in json.loads(result.stdout)["layers"]}
+    assert layers["model.layers.0.self_attn.q_proj"]["weight"].startswith("int4")
+    assert layers["model.embed_tokens"]["weight"].startswith("int8")  # the LLM default
 
 
 def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:

@@ -4,7 +4,9 @@ Layout of a save folder:
   manifest.json      format version, lowbit version, recipe, and one entry per module that
                      differs from the float architecture (its class and JSON metadata)
   model.safetensors  quantized modules' tensors under "q.<module>.<key>", every other tensor
-                     of the state dict under "f.<key>"
+                     of the state dict under "f.<key>"; a tensor shared by two modules (an
+                     LM head tied to the embedding) is written once, the manifest's
+                     "aliases" (float) and "tied" (quantized) name the other keys
 
 Nothing is pickled. Loading needs the float architecture (an instance of the original
 model class, weights irrelevant), because Python code is not data: ``load(folder, model)``.
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,26 +69,20 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
             "saves: choose a new output folder"
         )
     entries = _structure(model)
-    tensors: dict[str, torch.Tensor] = {}
+    quantized: list[tuple[str, torch.Tensor]] = []
     for name, entry in entries.items():
         if entry["class"] == "Identity":
             continue
         module_tensors, metadata = model.get_submodule(name).to_state()
         entry["metadata"] = metadata
-        for key, t in module_tensors.items():
-            tensors[f"q.{name}.{key}"] = t.contiguous()
+        quantized += [(f"q.{name}.{key}", t) for key, t in module_tensors.items()]
+    # tied weights (an LM head sharing the embedding table) are stored once
+    tensors, tied = _store_once(quantized)
     quant_prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
-    aliases: dict[str, str] = {}  # tied weights (an LM head sharing the embedding) stored once
-    first_of: dict[tuple, str] = {}
-    for key, t in model.state_dict().items():
-        if key.startswith(quant_prefixes):
-            continue
-        identity = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if t.numel() and identity in first_of:
-            aliases[key] = first_of[identity]
-            continue
-        first_of[identity] = key
-        tensors[f"f.{key}"] = t.contiguous()
+    floats, aliases = _store_once(
+        (k, t) for k, t in model.state_dict().items() if not k.startswith(quant_prefixes)
+    )
+    tensors.update({f"f.{key}": t for key, t in floats.items()})
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -96,6 +93,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         else None,
         "modules": entries,
         "aliases": aliases,
+        "tied": tied,
         "transformers": _transformers_architecture(model),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +115,24 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _store_once(
+    items: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors to write (contiguous) and {key: key of the same tensor written earlier} for
+    tensors that share storage, shape, stride and dtype with an earlier one."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_of: dict[tuple, str] = {}
+    for key, t in items:
+        identity = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and identity in first_of:
+            aliases[key] = first_of[identity]
+            continue
+        first_of[identity] = key
+        unique[key] = t.contiguous()
+    return unique, aliases
 
 
 def _transformers_architecture(model: nn.Module) -> dict[str, Any] | None:
@@ -184,6 +200,8 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
         raise InvalidInputError(
             f"{Path(folder) / WEIGHTS} is damaged or missing ({exc}); save the model again"
         ) from exc
+    for key, original in manifest.get("tied", {}).items():
+        tensors[key] = tensors[original]
     result = copy.deepcopy(model).eval()
     if manifest.get("cast_dtype"):
         dtype = getattr(torch, manifest["cast_dtype"])

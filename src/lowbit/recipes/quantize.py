@@ -59,15 +59,28 @@ class PlanEntry:
     spec: QuantSpec
 
 
+def tied_to_embeddings(model: nn.Module) -> dict[str, str]:
+    """Linear modules whose weight is an nn.Embedding's table (an LM head tied to the token
+    embedding), as {linear name: embedding name}."""
+    tables = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    return {
+        n: tables[id(m.weight)]
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and id(m.weight) in tables
+    }
+
+
 def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
-    """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order."""
+    """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order. A Linear
+    tied to an embedding table is not planned: it follows the table (``_quantize_embeddings``)."""
     modules = dict(model.named_modules())
     inner = {
         f"{n}.0" for n, m in modules.items() if isinstance(m, nn.Sequential) and fused_parts(m)
     }
+    tied = tied_to_embeddings(model)
     plan = []
     for name, module in modules.items():
-        if not name or name in inner or fused_parts(module) is None:
+        if not name or name in inner or name in tied or fused_parts(module) is None:
             continue
         spec = recipe.spec_for(name)
         if spec is not None:
@@ -318,14 +331,19 @@ def quantize(
 
 def _quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
     """With ``recipe.embeddings`` ("int8"), every nn.Embedding table is quantized per row
-    (an embedding table is often the largest tensor of an encoder)."""
+    (an embedding table is often the largest tensor of a model). A Linear tied to a table
+    (an LM head) gets the same QTensor, float activations: one tensor, quantized and stored
+    once (per row of the table = per output channel of the head)."""
     if recipe.embeddings is None:
         return
     spec = WeightSpec(recipe.embeddings, PerAxis(0))
+    tied = tied_to_embeddings(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Embedding) and recipe.spec_for(name) is not None:
             weight = quantize_weight(module.weight, spec)
             set_module(model, name, QuantEmbedding.from_float(module, weight))
+            for head in (h for h, table in tied.items() if table == name):
+                set_module(model, head, QuantLinear.from_float(model.get_submodule(head), weight))
 
 
 def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[str, Any]]:
