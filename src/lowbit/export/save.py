@@ -55,6 +55,35 @@ def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Raise InvalidInputError unless ``save`` can write ``folder``: it is new or an earlier
+    lowbit save (any other folder, the source model say, is refused rather than deleted),
+    and its nearest existing parent is a folder this process can create files in (tried
+    with an empty temporary folder, removed at once). Cheap: run it before slow work."""
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
+        raise InvalidInputError(
+            f"{folder} exists and is not a lowbit save folder; lowbit replaces only its own "
+            "saves: choose a new output folder"
+        )
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidInputError(
+            f"cannot write {folder}: {parent} is a file, not a folder; choose another output "
+            "folder"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {folder}: creating files in {parent} failed ({exc.strerror}); "
+            "choose an output folder you can write to"
+        ) from None
+    return folder
+
+
 def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) -> Path:
     """Write ``model`` (from lowbit.quantize or lowbit.convert) to ``folder`` atomically,
     with ``tokenizer`` (anything with ``save_pretrained``) beside it.
@@ -62,12 +91,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
     An existing ``folder`` is replaced only if it is an earlier lowbit save: any other
     folder (the source model, say) is refused rather than deleted.
     """
-    folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
-        raise InvalidInputError(
-            f"{folder} exists and is not a lowbit save folder; lowbit replaces only its own "
-            "saves: choose a new output folder"
-        )
+    folder = check_output_folder(folder)
     entries = _structure(model)
     quantized: list[tuple[str, torch.Tensor]] = []
     for name, entry in entries.items():
