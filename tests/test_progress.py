@@ -36,9 +36,7 @@ def test_without_a_terminal_each_item_is_a_plain_line_on_stderr(monkeypatch, cap
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert [line.split(",")[0] for line in lines] == [
-        f"quantizing blocks {i}/3" for i in (1, 2, 3)
-    ]
+    assert [line.split(",")[0] for line in lines] == [f"quantizing blocks {i}/3" for i in (1, 2, 3)]
     assert all(", elapsed " in line and ", ETA " in line for line in lines)
     assert lines[-1].endswith("ETA 0:00")
 

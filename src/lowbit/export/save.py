@@ -71,8 +71,7 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise InvalidInputError(
-            f"cannot write {folder}: {parent} is a file, not a folder; choose another output "
-            "folder"
+            f"cannot write {folder}: {parent} is a file, not a folder; choose another output folder"
         )
     try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
