@@ -32,6 +32,7 @@ import lowbit
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.nn import CastModel, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear
 from lowbit.recipes.fuse import set_module
+from lowbit.tensors.base import storage_key
 
 FORMAT_NAME = "lowbit-model"
 FORMAT_VERSION = 1
@@ -149,7 +150,7 @@ def _store_once(
     aliases: dict[str, str] = {}
     first_of: dict[tuple, str] = {}
     for key, t in items:
-        identity = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        identity = storage_key(t)
         if t.numel() and identity in first_of:
             aliases[key] = first_of[identity]
             continue
@@ -224,6 +225,11 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
             f"{Path(folder) / WEIGHTS} is damaged or missing ({exc}); save the model again"
         ) from exc
     for key, original in manifest.get("tied", {}).items():
+        if original not in tensors:
+            raise InvalidInputError(
+                f"{Path(folder) / WEIGHTS} lacks {original!r}, which {key!r} shares; save the "
+                "model again"
+            )
         tensors[key] = tensors[original]
     result = copy.deepcopy(model).eval()
     if manifest.get("cast_dtype"):
