@@ -259,3 +259,43 @@ def test_beats_rtn_on_minilm_layers(minilm: dict, bits: int, mode: str) -> None:
     summary = ", ".join(f"{n}: {r:.3f}" for n, r in ratios.items())
     print(f"int{bits} g128 {mode}: GPTQ/RTN held-out output error {summary}")
     assert all(r < 1.0 for r in ratios.values()), f"GPTQ/RTN error ratio {summary}"
+
+
+_THREADS_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from lowbit.algorithms import gptq_quantize
+from lowbit.formats.qtypes import IntType
+from lowbit.observers import HessianObserver
+g = torch.Generator().manual_seed(0)
+for n, k, rows in ((64, 64, 65536), (256, 256, 4096), (96, 576, 32768)):
+    mix = torch.randn(k, k, generator=g) / k**0.5 + torch.eye(k)
+    x = torch.randn(rows, k, generator=g) @ mix
+    obs = HessianObserver(k)
+    obs.observe(x)
+    w = torch.randn(n, k, generator=g)
+    codes, qp = gptq_quantize(w, obs.hessian(), qtype=IntType(4, True), group_size=32)
+    torch.save({"h": obs.hessian(), "codes": codes, "scale": qp.scale}, f"{sys.argv[2]}.{k}.pt")
+"""
+
+
+def test_same_codes_with_one_and_two_threads(tmp_path: Path) -> None:
+    """The Hessian sum and the Cholesky factorisation do not depend on torch's thread count
+    (issue 11: --threads 1 and --threads 2 gave different GPTQ codes)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_THREADS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    for threads in (1, 2):
+        subprocess.run(
+            [sys.executable, str(script), str(threads), str(tmp_path / f"t{threads}")],
+            check=True,
+            env=env,
+        )
+    for k in (64, 256, 576):
+        one, two = (torch.load(tmp_path / f"t{t}.{k}.pt") for t in (1, 2))
+        assert torch.equal(one["h"], two["h"]), k
+        assert torch.equal(one["codes"], two["codes"]), k
+        assert torch.equal(one["scale"], two["scale"]), k

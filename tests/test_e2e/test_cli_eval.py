@@ -143,9 +143,9 @@ def test_quantize_then_eval_from_the_command_line(tmp_path, tiny_lm) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    layers = json.loads(result.stdout)["layers"]
-    assert layers[0]["mode"] == "float" and "embeddings='int8'" in layers[0]["reason"]
-    assert next(r for r in layers if r["mode"] != "float")["weight"].startswith("int4")
+    layers = {row["module"]: row for row in json.loads(result.stdout)["layers"]}
+    assert layers["model.layers.0.self_attn.q_proj"]["weight"].startswith("int4")
+    assert layers["model.embed_tokens"]["weight"].startswith("int8")  # the LLM default
 
 
 def test_quantize_refuses_to_overwrite_its_input(tiny_lm) -> None:
@@ -200,3 +200,27 @@ def test_perplexity_of_an_encoder_is_refused(capsys, tmp_path, tiny_encoder) -> 
         err = capsys.readouterr().err
         assert "not a causal language model (architectures: BertModel)" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_quantize_prints_sizes_and_warns_when_the_output_is_not_smaller(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["quantize", str(tiny_lm), "--recipe", "w8a16", "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("input ") and "(32.0" in line and "x the input" in line, line
+    assert "warning" not in result.output
+    bf16 = tmp_path / "bf16"  # a bf16 model cast to fp16 gains nothing
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm, dtype="bfloat16")
+    model.save_pretrained(bf16)
+    transformers.AutoTokenizer.from_pretrained(tiny_lm).save_pretrained(bf16)
+    args = ["quantize", str(bf16), "--recipe", "fp16", "--out", str(tmp_path / "f"), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the output" in result.stderr and "is not smaller than the input" in result.stderr
+    )
+    doc = json.loads(result.stdout)
+    assert doc["weights_bytes"] >= doc["input_bytes"] and 15 < doc["bits_per_weight"] < 17

@@ -40,3 +40,15 @@ def test_time_interleaved_and_ratio() -> None:
     assert calls == ["a", "b"] * 4 and all(len(v) == 3 for v in samples.values())
     med, lo, hi = median_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 2.0])
     assert (med, lo, hi) == (3.0, 2.0, 4.0)
+
+
+def test_model_nbytes_counts_a_tied_table_once() -> None:
+    from lowbit_testkit.models import tiny_llama
+
+    model = tiny_llama(tie_word_embeddings=True)
+    assert model_nbytes(model) == sum(p.numel() * 4 for p in model.parameters())  # ties once
+    tied = quantize(model, "w8a16")  # the table int8 per row, the head on the same codes
+    untied = quantize(tiny_llama(tie_word_embeddings=False), "w8a16")
+    table = 96 * 32 + 96 * 4  # int8 codes + a float32 scale per row
+    assert tied.lm_head.weight.nbytes == untied.lm_head.weight.nbytes == table
+    assert model_nbytes(untied) - model_nbytes(tied) == table

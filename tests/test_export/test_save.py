@@ -97,14 +97,42 @@ def test_tied_weights_are_stored_once(tmp_path) -> None:
     from lowbit.recipes import get_recipe
 
     model = tiny_llama(num_hidden_layers=1, tie_word_embeddings=True)
-    qmodel = quantize(model, get_recipe("w8a16").skip("lm_head"))  # the head stays tied
+    qmodel = quantize(model, get_recipe("w8a16").with_embeddings(None))  # table, head float
     folder = save(qmodel, tmp_path / "tied")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
     loaded = load(folder)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     ids = torch.randint(0, 96, (1, 6))
     with torch.no_grad():
         assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
+
+
+def test_a_quantized_tied_table_is_stored_once_and_stays_tied(tmp_path) -> None:
+    """Issue 11: the tied LM head was quantized apart from its (fp32) table and stored twice."""
+    import safetensors
+
+    model = tiny_llama(num_hidden_layers=1, tie_word_embeddings=True, vocab_size=4096)
+    qmodel = quantize(model, "w4a16-g32")  # embeddings int8 per row, the head with them
+    assert qmodel.lm_head.weight is qmodel.model.embed_tokens.weight
+    folder = save(qmodel, tmp_path / "tied")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tied"] == {
+        "q.lm_head.weight.packed": "q.model.embed_tokens.weight.packed",
+        "q.lm_head.weight.scale": "q.model.embed_tokens.weight.scale",
+    }
+    with safetensors.safe_open(folder / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lm_head" in k]  # noqa: SIM118 (no __iter__)
+    table = 4096 * 32  # int8 codes of the table, once
+    assert (folder / "model.safetensors").stat().st_size < table * 1.5
+    loaded = load(folder)
+    head, embed = loaded.lm_head.weight.tensors(), loaded.model.embed_tokens.weight.tensors()
+    assert all(head[k].data_ptr() == embed[k].data_ptr() for k in embed)
+    ids = torch.randint(0, 4096, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
+    again = save(loaded, tmp_path / "again")
+    assert json.loads((again / "manifest.json").read_text())["tied"] == manifest["tied"]
 
 
 def test_a_folder_that_is_not_a_lowbit_save_is_never_replaced(tmp_path) -> None:

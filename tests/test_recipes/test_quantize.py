@@ -184,3 +184,32 @@ def test_embeddings_option_quantizes_tables_per_row() -> None:
     ids = torch.randint(0, 100, (2, 5))
     with torch.no_grad():
         assert sqnr_db(model(ids), qmodel(ids)) > 30
+
+
+def test_weight_only_presets_quantize_embeddings_and_keep_ties_unless_told_float() -> None:
+    """Issue 11: an LLM preset left the token embedding fp32 and untied the LM head."""
+    from lowbit.nn import QuantEmbedding, QuantLinear
+    from lowbit.recipes import get_recipe
+    from lowbit_testkit.models import tiny_llama
+
+    model = tiny_llama(tie_word_embeddings=True)
+    for preset in ("w4a16-g32", "w8a16", "nf4", "w4a16-g32-asym-gptq"):
+        assert get_recipe(preset).embeddings == "int8", preset
+    qmodel = quantize(model, "w4a16-g32")
+    assert isinstance(qmodel.model.embed_tokens, QuantEmbedding)
+    assert isinstance(qmodel.lm_head, QuantLinear)
+    assert qmodel.lm_head.weight is qmodel.model.embed_tokens.weight  # quantized once
+    assert model_nbytes(qmodel) < 0.3 * model_nbytes(model)
+    for recipe in (get_recipe("w4a16-g32").with_embeddings("float"), "w8a8-dynamic"):
+        kept = quantize(model, recipe)
+        assert type(kept.lm_head) is nn.Linear and type(kept.model.embed_tokens) is nn.Embedding
+        assert kept.lm_head.weight is kept.model.embed_tokens.weight  # still tied, float
+
+
+def test_embedding_formats_are_checked_when_the_recipe_is_built() -> None:
+    from lowbit.recipes import get_recipe
+
+    for bad in ("foo", "fp16", "float32"):
+        with pytest.raises(InvalidSpecError, match=r"not an embedding format.*'float'"):
+            get_recipe("w4a16-g128").with_embeddings(bad)
+    assert get_recipe("w4a16-g128").with_embeddings("int4").embeddings == "int4"

@@ -34,8 +34,10 @@ not a multiple of block_size).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -72,8 +74,27 @@ def _check_hessian(hessian: torch.Tensor, k: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run LAPACK on one thread: MKL's multi-threaded Cholesky rounds differently for each
+    thread count, and GPTQ's codes followed (issue 11). K×K is small next to the column loop."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising damp on failure."""
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising damp on failure.
+
+    Computed on one thread, so the result does not depend on torch's thread count."""
+    with _one_thread():
+        return _damped_inverse_cholesky(h, damp)
+
+
+def _damped_inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     mean_diag = torch.diagonal(h).mean()
     d = damp
     while True:

@@ -35,8 +35,10 @@ def _perplexity(
 ) -> dict[str, Any]:
     from lowbit.eval.perplexity import perplexity
     from lowbit.export.hf import load_model
+    from lowbit.progress import status
 
-    loaded = load_model(model, task="causal-lm")
+    with status(f"loading {model}"):
+        loaded = load_model(model, task="causal-lm")
     result = perplexity(
         loaded.model, loaded.tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens
     )
@@ -49,11 +51,13 @@ def _embedding_fidelity(
     from lowbit.eval.embedding import embed, embedding_fidelity
     from lowbit.eval.text import text_chunks
     from lowbit.export.hf import load_model
+    from lowbit.progress import status
 
     texts = text_chunks(text, chunks, words)
     embeddings = []
     for source in (reference, model):
-        loaded = load_model(source, task="embedding")
+        with status(f"loading {source}"):
+            loaded = load_model(source, task="embedding")
         embeddings.append(embed(loaded.model, loaded.tokenizer, texts))
         del loaded  # one model in memory at a time
     return {**embedding_fidelity(*embeddings), "n_texts": len(texts)}

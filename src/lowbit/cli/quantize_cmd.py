@@ -1,20 +1,82 @@
-"""``lowbit quantize``: a model file or folder in, a lowbit save folder out."""
+"""``lowbit quantize``: a model file or folder in, a lowbit save folder out.
+
+Every option and the output folder are checked before the model is read, so a mistake
+costs a second, not a load and a GPTQ run (issue 11)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lowbit.cli.output import print_json, print_table
+from lowbit.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the cheap checks produced: the recipe, the calibration text, the input's size."""
+
+    recipe: Any
+    text: str | None
+    input_bytes: int | None
+
+
+def _check(
+    model: str,
+    recipe: str,
+    out: Path,
+    calib: Path | None,
+    numbers: dict[str, int],
+    embeddings: str | None,
+) -> _Checked:
+    """Every check that needs no model: raises a LowbitError before anything slow runs."""
+    from lowbit.eval.text import calibration_text, read_text
+    from lowbit.export.inspect import count_parameters
+    from lowbit.export.save import check_output_folder
+    from lowbit.recipes import get_recipe
+
+    for name, value in numbers.items():
+        if value < 1:
+            raise InvalidInputError(f"--{name} must be at least 1, got {value}")
+    resolved = get_recipe(recipe)
+    if embeddings is not None:
+        resolved = resolved.with_embeddings(embeddings)
+    check_output_folder(out)
+    spec = resolved.spec
+    needs_data = spec is not None and (spec.algorithm != "rtn" or spec.activation.mode == "static")
+    text = None
+    if needs_data:
+        text = read_text(calib) if calib is not None else calibration_text()
+    elif calib is not None:
+        read_text(calib)  # a wrong path is a mistake even where the recipe does not calibrate
+    input_bytes = count_parameters(model).bytes_on_disk if Path(model).exists() else None
+    return _Checked(resolved, text, input_bytes)
+
+
+def _size_line(input_bytes: int | None, output_bytes: int, n_params: int) -> str:
+    """ "input 98.4 MB → output 84.0 MB (0.85x), 4.99 bits per weight"."""
+    bits = 8 * output_bytes / n_params
+    if input_bytes is None:
+        return f"output {output_bytes / 1e6:.1f} MB, {bits:.2f} bits per weight"
+    return (
+        f"input {input_bytes / 1e6:.1f} MB ({8 * input_bytes / n_params:.2f} bits per weight) "
+        f"→ output {output_bytes / 1e6:.1f} MB ({bits:.2f} bits per weight), "
+        f"{output_bytes / input_bytes:.2f}x the input"
+    )
 
 
 def quantize_model(
     model: Annotated[str, typer.Argument(help="Hugging Face folder, GGUF file or hub id.")],
-    recipe: Annotated[str, typer.Option(help="Preset, e.g. w4a16-g128-gptq, w8a8-dynamic.")],
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", "--preset", help="Preset, e.g. w4a16-g128-gptq, w8a8-dynamic."),
+    ],
     out: Annotated[Path, typer.Option(help="Folder to write (replaced atomically).")],
     calib: Annotated[
         Path | None,
@@ -26,52 +88,63 @@ def quantize_model(
     samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
     embeddings: Annotated[
-        str | None, typer.Option(help="Also quantize embedding tables per row, e.g. int8.")
+        str | None,
+        typer.Option(
+            help="Embedding tables (and an LM head tied to them): a per-row format such as "
+            "int8 or int4, or float to keep them float. Default: the recipe's (int8 for "
+            "weight-only presets, float for the others)."
+        ),
     ] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Quantize MODEL with RECIPE (calibrating on text where the recipe needs it) and save
     it with its tokenizer; `lowbit eval OUT` evaluates the result."""
-    import os
+    numbers = {"samples": samples, "seq-len": seq_len, "threads": threads}
+    checked = _check(model, recipe, out, calib, numbers, embeddings)
 
     import torch
 
     import lowbit
     from lowbit.eval.calibration import token_windows
-    from lowbit.eval.text import calibration_text, read_text
     from lowbit.export.hf import load_model
-    from lowbit.recipes import describe, get_recipe
+    from lowbit.progress import status
+    from lowbit.recipes import describe
 
     if not json:
         os.environ.setdefault("LOWBIT_PROGRESS", "1")
     torch.set_num_threads(threads)
-    resolved = get_recipe(recipe)
-    if embeddings:
-        resolved = resolved.with_embeddings(embeddings)
-    loaded = load_model(model)
+    with status(f"loading {model}"):
+        loaded = load_model(model)
     started = time.perf_counter()
-    needs_data = resolved.spec is not None and (
-        resolved.spec.algorithm != "rtn" or resolved.spec.activation.mode == "static"
-    )
     batches = None
-    if needs_data:
-        text = read_text(calib) if calib is not None else calibration_text()
-        batches = token_windows(loaded.tokenizer, text, samples=samples, seq_len=seq_len)
-    qmodel = lowbit.quantize(loaded.model, resolved, calib_data=batches)
+    if checked.text is not None:
+        batches = token_windows(loaded.tokenizer, checked.text, samples=samples, seq_len=seq_len)
+    qmodel = lowbit.quantize(loaded.model, checked.recipe, calib_data=batches)
     seconds = time.perf_counter() - started
     folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
+    n_params = sum(p.numel() for p in loaded.model.parameters())  # tied tensors once
     doc = {
         "model": model,
-        "recipe": resolved.name,
+        "recipe": checked.recipe.name,
         "out": str(folder),
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak_mb),
+        "input_bytes": checked.input_bytes,
         "weights_bytes": size,
+        "bits_per_weight": round(8 * size / n_params, 3),
         "layers": describe(qmodel),
     }
+    not_smaller = checked.input_bytes is not None and size >= checked.input_bytes
+    if not_smaller:
+        typer.secho(
+            f"warning: the output ({size / 1e6:.1f} MB) is not smaller than the input "
+            f"({checked.input_bytes / 1e6:.1f} MB); check --embeddings and the recipe",
+            err=True,
+            fg="yellow",
+        )
     if json:
         print_json(doc)
         return
@@ -85,11 +158,7 @@ def quantize_model(
         ]
         for r in doc["layers"]
     ]
-    print_table(
-        f"{model} → {folder} ({resolved.name})",
-        ["module", "weight", "kernel", "bits/weight", "float because"],
-        rows,
-    )
-    typer.echo(
-        f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB, weights {size / 1e6:.1f} MB"
-    )
+    title = f"{model} → {folder} ({checked.recipe.name})"
+    print_table(title, ["module", "weight", "kernel", "bits/weight", "float because"], rows)
+    typer.echo(f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB")
+    typer.echo(_size_line(checked.input_bytes, size, n_params))

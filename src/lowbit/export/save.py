@@ -4,7 +4,9 @@ Layout of a save folder:
   manifest.json      format version, lowbit version, recipe, and one entry per module that
                      differs from the float architecture (its class and JSON metadata)
   model.safetensors  quantized modules' tensors under "q.<module>.<key>", every other tensor
-                     of the state dict under "f.<key>"
+                     of the state dict under "f.<key>"; a tensor shared by two modules (an
+                     LM head tied to the embedding) is written once, the manifest's
+                     "aliases" (float) and "tied" (quantized) name the other keys
 
 Nothing is pickled. Loading needs the float architecture (an instance of the original
 model class, weights irrelevant), because Python code is not data: ``load(folder, model)``.
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ import lowbit
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.nn import QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.recipes.fuse import set_module
+from lowbit.tensors.base import storage_key
 
 FORMAT_NAME = "lowbit-model"
 FORMAT_VERSION = 1
@@ -52,6 +56,34 @@ def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Raise InvalidInputError unless ``save`` can write ``folder``: it is new or an earlier
+    lowbit save (any other folder, the source model say, is refused rather than deleted),
+    and its nearest existing parent is a folder this process can create files in (tried
+    with an empty temporary folder, removed at once). Cheap: run it before slow work."""
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
+        raise InvalidInputError(
+            f"{folder} exists and is not a lowbit save folder; lowbit replaces only its own "
+            "saves: choose a new output folder"
+        )
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidInputError(
+            f"cannot write {folder}: {parent} is a file, not a folder; choose another output folder"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {folder}: creating files in {parent} failed ({exc.strerror}); "
+            "choose an output folder you can write to"
+        ) from None
+    return folder
+
+
 def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) -> Path:
     """Write ``model`` (from lowbit.quantize or lowbit.convert) to ``folder`` atomically,
     with ``tokenizer`` (anything with ``save_pretrained``) beside it.
@@ -59,33 +91,22 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
     An existing ``folder`` is replaced only if it is an earlier lowbit save: any other
     folder (the source model, say) is refused rather than deleted.
     """
-    folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and (folder / MANIFEST).is_file()):
-        raise InvalidInputError(
-            f"{folder} exists and is not a lowbit save folder; lowbit replaces only its own "
-            "saves: choose a new output folder"
-        )
+    folder = check_output_folder(folder)
     entries = _structure(model)
-    tensors: dict[str, torch.Tensor] = {}
+    quantized: list[tuple[str, torch.Tensor]] = []
     for name, entry in entries.items():
         if entry["class"] == "Identity":
             continue
         module_tensors, metadata = model.get_submodule(name).to_state()
         entry["metadata"] = metadata
-        for key, t in module_tensors.items():
-            tensors[f"q.{name}.{key}"] = t.contiguous()
+        quantized += [(f"q.{name}.{key}", t) for key, t in module_tensors.items()]
+    # tied weights (an LM head sharing the embedding table) are stored once
+    tensors, tied = _store_once(quantized)
     quant_prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
-    aliases: dict[str, str] = {}  # tied weights (an LM head sharing the embedding) stored once
-    first_of: dict[tuple, str] = {}
-    for key, t in model.state_dict().items():
-        if key.startswith(quant_prefixes):
-            continue
-        identity = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if t.numel() and identity in first_of:
-            aliases[key] = first_of[identity]
-            continue
-        first_of[identity] = key
-        tensors[f"f.{key}"] = t.contiguous()
+    floats, aliases = _store_once(
+        (k, t) for k, t in model.state_dict().items() if not k.startswith(quant_prefixes)
+    )
+    tensors.update({f"f.{key}": t for key, t in floats.items()})
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -95,6 +116,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "cast_dtype": getattr(model, "lowbit_cast_dtype", None),
         "modules": entries,
         "aliases": aliases,
+        "tied": tied,
         "transformers": _transformers_architecture(model),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +138,24 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _store_once(
+    items: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors to write (contiguous) and {key: key of the same tensor written earlier} for
+    tensors that share storage, shape, stride and dtype with an earlier one."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_of: dict[tuple, str] = {}
+    for key, t in items:
+        identity = storage_key(t)
+        if t.numel() and identity in first_of:
+            aliases[key] = first_of[identity]
+            continue
+        first_of[identity] = key
+        unique[key] = t.contiguous()
+    return unique, aliases
 
 
 def _transformers_architecture(model: nn.Module) -> dict[str, Any] | None:
@@ -182,6 +222,13 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
         raise InvalidInputError(
             f"{Path(folder) / WEIGHTS} is damaged or missing ({exc}); save the model again"
         ) from exc
+    for key, original in manifest.get("tied", {}).items():
+        if original not in tensors:
+            raise InvalidInputError(
+                f"{Path(folder) / WEIGHTS} lacks {original!r}, which {key!r} shares; save the "
+                "model again"
+            )
+        tensors[key] = tensors[original]
     result = copy.deepcopy(model).eval()
     if manifest.get("cast_dtype"):
         dtype = getattr(torch, manifest["cast_dtype"])

@@ -8,9 +8,9 @@ any amount of calibration data.
 Memory stays K×K whatever the number of batches: each batch (..., K) is flattened to
 (rows, K) and its xᵀx added to a running sum in ``dtype``; the 2/n factor is applied when
 ``hessian()`` is read, so the result does not depend on how the data was split into batches
-(up to float summation order). n counts rows (tokens), not sequences: the reference
-implementation's per-sequence count only rescales H, which GPTQ's relative dampening
-ignores.
+(up to float summation order), nor on torch's thread count (``SUM_ROWS``). n counts rows
+(tokens), not sequences: the reference implementation's per-sequence count only rescales
+H, which GPTQ's relative dampening ignores.
 
 This is not a range observer (it gives no clip range or QParams), but it has the same
 ``observe``/``reset`` shape, so ``lowbit.observers.ObserverHook(layer, HessianObserver(),
@@ -27,6 +27,12 @@ from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.checks import check_finite
 
 logger = logging.getLogger(__name__)
+
+# Rows per xᵀx product. With a long reduction (65536 rows, or 1024 rows of a narrow layer)
+# MKL splits the sum over rows between threads, so H changed with torch's thread count and
+# GPTQ codes with it; products over at most 512 rows are split over their outputs only,
+# the same sum whatever the thread count (tests/test_algorithms/test_gptq.py, issue 11).
+SUM_ROWS = 512
 
 
 class HessianObserver:
@@ -90,7 +96,8 @@ class HessianObserver:
             return
         if self._sum is None:
             self._sum = torch.zeros(k, k, dtype=self.dtype, device=rows.device)
-        self._sum.addmm_(rows.T, rows)
+        for chunk in rows.split(SUM_ROWS):
+            self._sum.addmm_(chunk.T, chunk)
         self.num_samples += rows.shape[0]
         self.num_batches += 1
 

@@ -48,6 +48,17 @@ def split_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+def tied_to_embeddings(model: nn.Module) -> dict[str, str]:
+    """Linear modules whose weight is an nn.Embedding's table (an LM head tied to the token
+    embedding), as {linear name: embedding name}."""
+    tables = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    return {
+        n: tables[id(m.weight)]
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and id(m.weight) in tables
+    }
+
+
 def _reason(model: nn.Module, name: str, module: nn.Module, recipe: Recipe | None) -> str:
     if recipe is not None and recipe.kind == "cast":
         return f"cast to {recipe.cast_dtype}"
@@ -60,6 +71,9 @@ def _reason(model: nn.Module, name: str, module: nn.Module, recipe: Recipe | Non
         )
     if isinstance(module, nn.MultiheadAttention):
         return f"unsupported: nn.MultiheadAttention, {split_attention_unsupported(module)}"
+    tied = tied_to_embeddings(model).get(name)
+    if tied is not None:
+        return f"tied to {tied}'s table, which stays float"
     if isinstance(module, nn.Linear | nn.Conv2d):
         return "skipped by the recipe's rules"
     if isinstance(module, nn.Embedding):

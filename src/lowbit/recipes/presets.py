@@ -3,7 +3,8 @@
 
 ``int8-static:entropy`` picks the calibration observer after the colon; options of the
 percentile observer go after a second colon (``int8-static:percentile:99.9``);
-``w8a8-smoothquant:0.8`` sets SmoothQuant's alpha.
+``w8a8-smoothquant:0.8`` sets SmoothQuant's alpha. Weight-only presets quantize embedding
+tables int8 per row (``LLM_EMBEDDINGS``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ def _ptq(
     mode: str = "weight_only",
     observer: str = "minmax",
     options: tuple = (),
+    embeddings: str | None = None,
 ) -> Recipe:
-    return Recipe(name, "ptq", QuantSpec(weight, ActivationSpec(mode, observer, options)))  # type: ignore[arg-type]
+    spec = QuantSpec(weight, ActivationSpec(mode, observer, options))  # type: ignore[arg-type]
+    return Recipe(name, "ptq", spec, embeddings=embeddings)
 
 
 INT8_CHANNEL = WeightSpec("int8", PerAxis(0))
+# Weight-only (LLM) presets store embedding tables int8 per row, as llama.cpp stores them
+# in 8 bits or near it: left fp32, SmolLM2's table alone (113 MB) outweighed its 4-bit
+# Linear layers (Recipe.with_embeddings(None) keeps them float; docs/decisions.md).
+LLM_EMBEDDINGS = "int8"
 # A scale and zero point per token: outlier tokens do not blur the others, and one-sided
 # rows (GELU outputs) use all 256 codes (docs/decisions.md, "Per-token W8A8").
 PER_TOKEN = ActivationSpec("dynamic", per_token=True, token_zero_point=True)
@@ -50,7 +57,7 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
         "ptq",
         QuantSpec(INT8_CHANNEL, PER_TOKEN, "smoothquant", (("alpha", 0.5),)),
     ),
-    "nf4": lambda: _ptq("nf4", WeightSpec("nf4", PerGroup(64))),
+    "nf4": lambda: _ptq("nf4", WeightSpec("nf4", PerGroup(64)), embeddings=LLM_EMBEDDINGS),
     "ternary": lambda: _ptq("ternary", WeightSpec("ternary", PerAxis(0))),
     "binary": lambda: _ptq("binary", WeightSpec("binary", PerAxis(0))),
 }
@@ -86,7 +93,7 @@ def _weight_only(name: str) -> Recipe | None:
             scale_dtype="float16" if group else "float32",
         )
     spec = QuantSpec(weight, ActivationSpec("weight_only"), m["algo"] or "rtn")
-    return Recipe(name, "ptq", spec)
+    return Recipe(name, "ptq", spec, embeddings=LLM_EMBEDDINGS)
 
 
 def get_recipe(recipe: str | Recipe) -> Recipe:

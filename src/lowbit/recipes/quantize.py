@@ -30,6 +30,7 @@ from lowbit.recipes.layers import (
     float_layers,
     reads_child_weights,
     split_attention,
+    tied_to_embeddings,
     warn_unsupported,
 )
 from lowbit.recipes.presets import get_recipe
@@ -67,14 +68,16 @@ class PlanEntry:
 
 def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
     """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order; the
-    root itself when the model is a bare Linear or Conv2d (its name is "")."""
+    root itself when the model is a bare Linear or Conv2d (its name is ""). A Linear tied to
+    an embedding table is not planned: it follows the table (``_quantize_embeddings``)."""
     modules = dict(model.named_modules())
     inner = {
         f"{n}.0" for n, m in modules.items() if isinstance(m, nn.Sequential) and fused_parts(m)
     }
+    tied = tied_to_embeddings(model)
     plan = []
     for name, module in modules.items():
-        if name in inner or fused_parts(module) is None:
+        if name in inner or name in tied or fused_parts(module) is None:
             continue
         parent, _, child = name.rpartition(".")
         if name and child in reads_child_weights(modules[parent]):
@@ -85,6 +88,13 @@ def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
         if spec is not None:
             plan.append(PlanEntry(name, spec))
     return plan
+
+
+def _table_quantized(module: nn.Module, table: str, recipe: Recipe) -> bool:
+    """Whether ``module`` (an embedding, or a Linear tied to the embedding ``table``) gets the
+    table's quantized rows under ``recipe``."""
+    holds_table = isinstance(module, nn.Embedding) or (isinstance(module, nn.Linear) and table)
+    return bool(holds_table and recipe.embeddings and recipe.spec_for(table) is not None)
 
 
 def _no_layer_error(model: nn.Module, recipe: Recipe) -> InvalidInputError:
@@ -339,14 +349,19 @@ def _finish(qmodel: nn.Module, recipe: Recipe) -> nn.Module:
 
 def _quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
     """With ``recipe.embeddings`` ("int8"), every nn.Embedding table is quantized per row
-    (an embedding table is often the largest tensor of an encoder)."""
+    (an embedding table is often the largest tensor of a model). A Linear tied to a table
+    (an LM head) gets the same QTensor, float activations: one tensor, quantized and stored
+    once (per row of the table = per output channel of the head)."""
     if recipe.embeddings is None:
         return
     spec = WeightSpec(recipe.embeddings, PerAxis(0))
+    tied = tied_to_embeddings(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Embedding) and recipe.spec_for(name) is not None:
             weight = quantize_weight(module.weight, spec)
             set_module(model, name, QuantEmbedding.from_float(module, weight))
+            for head in (h for h, table in tied.items() if table == name):
+                set_module(model, head, QuantLinear.from_float(model.get_submodule(head), weight))
 
 
 def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[str, Any]]:
@@ -399,13 +414,16 @@ def _describe_plan(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
         model = split_attention(copy.deepcopy(model))
     planned = {e.name: e.spec for e in _plan(model, recipe)} if recipe.kind == "ptq" else {}
     reasons = float_layers(model, recipe)
+    tied = tied_to_embeddings(model)
     rows: list[dict[str, Any]] = []
     for name, module in model.named_modules():
         key, kind = name or "(root)", type(module).__name__
+        table = tied.get(name, name if isinstance(module, nn.Embedding) else "")
         if name in planned:
             rows.append({"module": key, "type": kind, "spec": planned[name].describe()})
-        elif isinstance(module, nn.Embedding) and recipe.embeddings and recipe.spec_for(name):
-            rows.append({"module": key, "type": kind, "spec": f"{recipe.embeddings} per row"})
+        elif _table_quantized(module, table, recipe):
+            spec = f"{recipe.embeddings} per row" + (f" (tied to {table})" if name in tied else "")
+            rows.append({"module": key, "type": kind, "spec": spec})
         elif key in reasons:
             rows.append({"module": key, "type": kind, "spec": "float", "reason": reasons[key]})
     return rows

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from lowbit.errors import InvalidSpecError, UnsupportedFormatError
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
+from lowbit.formats.qtypes import QTYPES, FloatType
 from lowbit.kernels.registry import check_per_token
 from lowbit.tensors.base import granularity_from_dict, granularity_to_dict
 
@@ -100,6 +101,17 @@ class Rule:
     spec: QuantSpec | None = None
 
 
+def check_embedding_format(format: str) -> None:
+    """Raise InvalidSpecError unless ``format`` can store an embedding table per row."""
+    qtype = QTYPES.get(format)
+    if qtype is None or (isinstance(qtype, FloatType) and not qtype.scaled):
+        usable = [n for n, q in QTYPES.items() if not isinstance(q, FloatType) or q.scaled]
+        raise InvalidSpecError(
+            f"{format!r} is not an embedding format; use one of {', '.join(usable)}, or "
+            "'float' to keep embedding tables float"
+        )
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A named way to quantize a model.
@@ -132,8 +144,14 @@ class Recipe:
         """A copy that leaves modules matching any pattern in float."""
         return self.with_rules(*(Rule(p, None) for p in patterns))
 
-    def with_embeddings(self, format: str = "int8") -> Recipe:
-        """A copy that also quantizes nn.Embedding tables (per row, e.g. "int8")."""
+    def with_embeddings(self, format: str | None = "int8") -> Recipe:
+        """A copy that quantizes nn.Embedding tables per row in ``format`` ("int8", "int4",
+        ...), or keeps them float with None or "float" (an LM head tied to a table follows
+        it). Raises InvalidSpecError for a format that cannot store an embedding table."""
+        if format == "float":
+            format = None
+        if format is not None:
+            check_embedding_format(format)
         return replace(self, embeddings=format)
 
     def to_dict(self) -> dict[str, Any]:

@@ -65,6 +65,12 @@ def qtype_of(name: str, family: type, kind: str) -> QType:
     return qtype
 
 
+def storage_key(t: torch.Tensor) -> tuple:
+    """What makes two tensors the same stored data (tied weights: an LM head sharing the
+    embedding table): data pointer, shape, stride and dtype."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
 def widen(t: torch.Tensor) -> torch.Tensor:
     """Stored parameters (fp16/bf16/fp32) as the float32-or-wider tensor arithmetic uses."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

