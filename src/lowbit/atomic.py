@@ -4,7 +4,7 @@ and renamed into place, so a crash never leaves a half-written output.
 - Temporary names are ``.{name}.lowbit-tmp-{host}-{pid}-{token}``: every later write to the
   same destination removes those whose process is gone (on this host), so a killed run
   leaves nothing behind for long (``clean_stale``).
-- Files and folders follow the user's umask (created with modes 0o666 / 0o777).
+- Files and folders follow the user's umask (modes 0o666 / 0o777 minus the umask).
 - Files, then folders, are fsynced before the rename, and the parent folder after it.
 - An existing folder is swapped with the new one in one step where the system can (Linux
   ``renameat2(RENAME_EXCHANGE)``). Elsewhere the old folder is first renamed to
@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,10 +100,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def _finish_tree(root: Path) -> None:
+    """Give every file and folder under ``root`` the modes the umask allows (writers such as
+    safetensors create 0600 temporary files and rename them) and make them durable."""
+    folder_mode = stat.S_IMODE(root.stat().st_mode)  # created 0o777 & ~umask
     for folder, _, files in os.walk(root, topdown=False):
         for name in files:
+            os.chmod(Path(folder) / name, folder_mode & 0o666)
             _fsync(Path(folder) / name)
+        os.chmod(folder, folder_mode)
         _fsync(Path(folder))
 
 
@@ -152,7 +158,7 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
     os.mkdir(tmp, 0o777)
     try:
         yield tmp
-        _fsync_tree(tmp)
+        _finish_tree(tmp)
         _replace_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lowbit.atomic import recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
 from lowbit.export.inspect import _folder_safetensors, read_gguf_header, read_safetensors_header
 
@@ -195,6 +196,7 @@ def load_model(
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     local = Path(path)
+    recover(local)  # a lowbit save folder whose replacement a crash interrupted
     if local.is_dir():
         loaded = _load_folder(local, task, dtype)
     elif local.is_file():
