@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -20,8 +19,8 @@ import pytest
 import lowbit
 from lowbit.cli.main import main
 from lowbit_testkit.models import tiny_llama
+from lowbit_testkit.process import run_measured
 
-LOWBIT = Path(sys.executable).parent / "lowbit"
 PEAK_LIMIT_MB = 500
 
 
@@ -48,27 +47,12 @@ def _usage_error(capsys, args: list[str], message: str, workdir: Path) -> None:
     assert sorted(p.name for p in workdir.iterdir()) == before
 
 
-def _run_measured(args: list[str]) -> tuple[int, str, float]:
-    """Run the installed ``lowbit`` in a fresh process: exit code, stderr, peak RSS in MB."""
-    if not LOWBIT.exists():
-        pytest.fail("the lowbit entry point is not installed: pip install -e .")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [str(LOWBIT), *args], env=env, stdout=subprocess.DEVNULL, stderr=err
-        )
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak, not the test's
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return proc.returncode, err.read().decode(), usage.ru_maxrss / 1024
-
-
 def _fails_cleanly_in_little_memory(args: list[str], message: str, workdir: Path) -> None:
     before = sorted(p.name for p in workdir.iterdir())
-    code, err, peak_mb = _run_measured(args)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and message in err, err
-    assert peak_mb < PEAK_LIMIT_MB
+    run = run_measured("import sys\nfrom lowbit.cli.main import main\nmain(sys.argv[1:])", *args)
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
+    assert run.peak_mb < PEAK_LIMIT_MB
     assert sorted(p.name for p in workdir.iterdir()) == before
 
 

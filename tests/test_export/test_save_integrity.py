@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from lowbit.errors import InvalidInputError, LowbitError, LowbitWarning, Unsuppo
 from lowbit.export import load, save
 from lowbit.recipes import quantize
 from lowbit_testkit.models import tiny_llama
+from lowbit_testkit.process import run_measured
 
 
 def _model() -> nn.Module:
@@ -158,15 +156,14 @@ def test_a_damaged_transformers_entry_is_one_clear_error(
     assert "save" in str(info.value)
 
 
-_LOAD_AND_MEASURE = """
-import os, resource, sys
+_LOAD = """
+import sys
 from lowbit.errors import LowbitError
 from lowbit.export import load
 try:
     load(sys.argv[1])
 except LowbitError as exc:
     print(exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
@@ -176,14 +173,7 @@ def test_an_edited_vocab_size_fails_before_allocating(tmp_path: Path) -> None:
     manifest = _manifest(folder)
     manifest["transformers"]["config"]["vocab_size"] = 2_000_000  # 2 x 256 MB of fp32 tables
     _write_manifest(folder, manifest)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    peaks = []
-    for path in (intact, folder):
-        out = subprocess.run(
-            [sys.executable, "-c", _LOAD_AND_MEASURE, str(path)],
-            capture_output=True, text=True, env=env, check=True,
-        )  # fmt: skip
-        *message, peak_mb = out.stdout.strip().splitlines()
-        peaks.append(int(peak_mb))
-    assert "(2000000, 32)" in message[0] and "save the model again" in message[0]
-    assert peaks[1] < peaks[0] + 100  # loading the intact tiny model is the baseline
+    baseline, edited = run_measured(_LOAD, str(intact)), run_measured(_LOAD, str(folder))
+    assert baseline.stdout == "", baseline.stdout  # loading the intact tiny model: the baseline
+    assert "(2000000, 32)" in edited.stdout and "save the model again" in edited.stdout
+    assert edited.peak_mb < baseline.peak_mb + 100

@@ -168,9 +168,8 @@ def _architecture(manifest: dict[str, Any], model: nn.Module | None, device: str
 def _mismatch(folder: Path, problem: str) -> InvalidInputError:
     return InvalidInputError(
         f"the architecture does not match the save in {folder}: {problem}; pass an instance "
-        "of the model "
-        "class that was quantized (for a transformers model, restore the folder or save the "
-        "model again)"
+        "of the model class that was quantized (for a transformers model, restore the folder "
+        "or save the model again)"
     )
 
 
