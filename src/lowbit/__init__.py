@@ -2,12 +2,14 @@
 honestly what it cost.
 
 The model-level API (``quantize``, ``describe``, ``prepare_qat``, ``convert``, ``save``,
-``load``) is imported on first use, so ``import lowbit.formats`` stays light.
+``load``) and the sub-packages (``lowbit.recipes``, ``lowbit.nn``, ...) are imported on first
+use, so ``import lowbit`` stays light and ``import lowbit; lowbit.nn.QuantLinear`` works.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from lowbit.errors import LowbitError
@@ -32,4 +34,6 @@ __all__ = ["LowbitError", "__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a sub-package or module
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

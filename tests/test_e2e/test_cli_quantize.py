@@ -39,7 +39,7 @@ def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "embeddings foo": ([*out, "--embeddings", "foo"], "'foo' is not an embedding format"),
         "unknown recipe": ([*out, "--recipe", "w4a16-g128-gtpq"], "unknown preset"),
         "samples 0": ([*out, "--samples", "0"], "--samples must be at least 1"),
-        "threads 0": ([*out, "--threads", "0"], "--threads must be at least 1"),
+        "threads 0": ([*out, "--threads", "0"], "Invalid value for '--threads'"),
         "calib missing": ([*out, "--calib", str(tmp_path / "no.txt")], "no such text file"),
     }
 

@@ -156,6 +156,24 @@ def test_damaged_gguf(tmp_path: Path, cut: int) -> None:
 
 def test_no_tensors_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "meta_only.safetensors"
-    path.write_bytes(_with_header({"__metadata__": {"format": "pt"}}))
+    safetensors_torch.save_file({}, str(path), metadata={"format": "pt"})
     with pytest.raises(InvalidInputError, match="holds no parameters"):
+        count_parameters(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"dtype": "F32", "shape": [10**7, 25 * 10**6], "data_offsets": [0, 16]}, "claims shape"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "cover 8 of the 16"),
+        ({"dtype": "F99", "shape": [4], "data_offsets": [0, 16]}, "bad header entry"),
+    ],
+)
+def test_a_header_that_lies_about_its_data_is_refused(
+    tmp_path: Path, entry: dict, problem: str
+) -> None:
+    raw = json.dumps({"w": entry}).encode()
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(16))
+    with pytest.raises(InvalidInputError, match=problem):
         count_parameters(path)

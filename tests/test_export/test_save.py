@@ -63,11 +63,11 @@ def test_damaged_or_foreign_folders(tmp_path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UnsupportedFormatError, match="format version 7"):
         load(folder, _model())
-    manifest["format_version"] = 1
+    manifest["format_version"] = 2
     (folder / "manifest.json").write_text(json.dumps(manifest))
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InvalidInputError, match="damaged"):
+    with pytest.raises(InvalidInputError, match="truncated"):
         load(folder, _model())
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(InvalidInputError, match="not valid JSON"):
@@ -133,6 +133,16 @@ def test_a_quantized_tied_table_is_stored_once_and_stays_tied(tmp_path) -> None:
         assert torch.equal(qmodel(ids).logits, loaded(ids).logits)
     again = save(loaded, tmp_path / "again")
     assert json.loads((again / "manifest.json").read_text())["tied"] == manifest["tied"]
+
+
+def test_a_tie_to_a_tensor_that_is_not_stored_is_refused(tmp_path) -> None:
+    model = tiny_llama(num_hidden_layers=1, tie_word_embeddings=True)
+    folder = save(quantize(model, "w4a16-g32"), tmp_path / "tied")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tied"] = {k: "q.nowhere" for k in manifest["tied"]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInputError, match="'q.nowhere', which .* shares, is not in"):
+        load(folder)
 
 
 def test_a_folder_that_is_not_a_lowbit_save_is_never_replaced(tmp_path) -> None:

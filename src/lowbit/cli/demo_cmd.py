@@ -15,7 +15,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for report.md/.html/.json.")] = Path(
         "lowbit-demo"
     ),
-    threads: Annotated[int, typer.Option(help="torch threads for every measurement.")] = 2,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch threads for every measurement (at least 1).")
+    ] = 2,
     repeats: Annotated[int, typer.Option(help="Timed rounds per variant.")] = 30,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:

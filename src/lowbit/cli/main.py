@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -33,14 +34,38 @@ def _protect_negative_numbers(args: list[str]) -> list[str]:
     return [" " + a if _NEGATIVE_NUMBER.match(a) else a for a in args]
 
 
+# typer >= 0.22 vendors click (typer._click), older typer uses click itself: take the
+# exception classes from typer's own BadParameter so both work.
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+_USAGE_ERROR, _CLICK_EXCEPTION = _CLICK["UsageError"], _CLICK["ClickException"]
+_NO_ARGS = getattr(sys.modules[_USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; a LowbitError becomes a one-line message and exit code 2."""
+    """Entry point: run the app; a LowbitError or a bad option becomes one line on stderr
+    (the problem and the fix) and exit code 2, never a traceback or a usage box."""
     args = _protect_negative_numbers(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="lowbit")
-    except LowbitError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        code = app(args=args, prog_name="lowbit", standalone_mode=False)
+    except _NO_ARGS as exc:  # bare `lowbit`: the help, as before
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(2)
+    except _USAGE_ERROR as exc:
+        command = exc.ctx.command_path if exc.ctx else "lowbit"
+        _fail(f"{exc.format_message()} (see '{command} --help')", 2)
+    except _CLICK_EXCEPTION as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
+    except LowbitError as exc:
+        _fail(str(exc), 2)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # typer.Exit(code) raised by a command
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def quantize_model(
             "weight-only presets, float for the others)."
         ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads (at least 1).")] = 2,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Quantize MODEL with RECIPE (calibrating on text where the recipe needs it) and save

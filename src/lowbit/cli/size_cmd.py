@@ -15,11 +15,14 @@ from lowbit.formats.size import size_table
 
 # Suffixes people write parameter counts with ("7B", "350M"); decimal, like the sizes.
 _COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+# Far above any model (the largest have ~2e12); larger counts are typos such as 1e400.
+MAX_PARAMS = 10**15
 _UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
 
 
 def parse_count(text: str) -> int:
-    """A positive whole parameter count from "176e9", "7000000000", "1.5e9", "7B" or "350M"."""
+    """A positive whole parameter count, at most MAX_PARAMS, from "176e9", "7000000000",
+    "1.5e9", "7B" or "350M"."""
     s = text.strip().replace("_", "").replace(",", "")
     scale = _COUNT_SUFFIXES.get(s[-1:].upper(), 1)
     if scale != 1:
@@ -32,6 +35,12 @@ def parse_count(text: str) -> int:
         raise typer.BadParameter(
             f"{text!r} is not a positive whole number of parameters; write e.g. 176e9, "
             "7000000000 or 7B",
+            param_hint="--params",
+        )
+    if value > MAX_PARAMS:
+        raise typer.BadParameter(
+            f"{text!r} is more parameters than any model has; write a count of at most "
+            f"{MAX_PARAMS:.0e}, e.g. 176e9 or 7B",
             param_hint="--params",
         )
     return int(value)

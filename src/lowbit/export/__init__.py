@@ -4,7 +4,8 @@ Never unpickles: only safetensors and GGUF are read."""
 
 from lowbit.export.hf import LoadedModel, load_model
 from lowbit.export.inspect import ModelFileInfo, count_parameters
-from lowbit.export.save import load, read_manifest, save
+from lowbit.export.manifest import read_manifest
+from lowbit.export.save import load, save
 
 __all__ = [
     "LoadedModel",

@@ -27,8 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lowbit.atomic import recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
-from lowbit.export.inspect import _folder_safetensors
+from lowbit.export.inspect import _folder_safetensors, read_gguf_header, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,10 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
             f"{folder} has no config.json, so it is not a Hugging Face model folder; pass a "
             "folder saved with save_pretrained, or a .gguf file"
         )
-    _folder_safetensors(folder)  # refuses pickle-only and weightless folders with the fix
+    # refuses pickle-only and weightless folders with the fix, and damaged or lying headers
+    # before transformers allocates what they claim
+    for file in _folder_safetensors(folder):
+        read_safetensors_header(file)
     kind = _kind(_folder_architectures(folder), task, str(folder))
     transformers = require("transformers", "hf")
     model = _from_pretrained(
@@ -149,7 +153,8 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
 def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
     """A folder written by ``lowbit quantize`` / ``lowbit.save`` of a transformers model (its
     tokenizer saved beside it)."""
-    from lowbit.export.save import load, read_manifest
+    from lowbit.export.manifest import read_manifest
+    from lowbit.export.save import load
 
     architecture = read_manifest(folder).get("transformers")
     if architecture is None:
@@ -166,6 +171,7 @@ def _load_gguf(path: Path, task: str, dtype: torch.dtype) -> LoadedModel:
     transformers = require("transformers", "hf")
     require("gguf", "gguf")
     require("accelerate", "hf")  # transformers' GGUF loader needs it
+    read_gguf_header(path)  # a cut or inflated header fails here with the fix, not in transformers
     # GGUF files of llama.cpp are language models; "embedding" loads the bare decoder.
     kind = "causal-lm" if task == "auto" else task
     folder, name = str(path.parent), path.name
@@ -217,6 +223,7 @@ def load_model(
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     local = Path(path)
+    recover(local)  # a lowbit save folder whose replacement a crash interrupted
     if local.is_dir():
         loaded = _load_folder(local, task, dtype)
     elif local.is_file():

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 # safetensors refuses headers above 100 MB; a larger length means a damaged or foreign file.
 _MAX_SAFETENSORS_HEADER = 100_000_000
+# Bits per element of every safetensors dtype (the safetensors crate's Dtype::bitsize).
+_SAFETENSORS_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4,
+    "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32,
+    "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+}  # fmt: skip
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _CONVERT_HINT = (
     "pickled checkpoints are not read because unpickling can run arbitrary code; convert the "
@@ -68,8 +74,15 @@ def _damaged(path: Path, problem: str, kind: str) -> InvalidInputError:
     )
 
 
-def _read_safetensors(path: Path) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, dtype, shape) of every tensor in a safetensors file, validated against its size."""
+def read_safetensors_header(path: Path) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, shape) of every tensor in a safetensors file, in file order, checked
+    against the bytes on disk before anything is allocated: each shape times its dtype's
+    size is its byte range, and the ranges tile the data section exactly (as safetensors
+    itself requires), so no header can claim more data than the file holds.
+
+    Raises:
+        InvalidInputError: the file is truncated, or its header is damaged or lies.
+    """
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -89,38 +102,58 @@ def _read_safetensors(path: Path) -> list[tuple[str, str, tuple[int, ...]]]:
         raise _damaged(path, f"header is not valid JSON: {exc}", "safetensors") from None
     if not isinstance(header, dict):
         raise _damaged(path, "header is not a JSON object", "safetensors")
-    data_len = size - 8 - n
-    tensors = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            valid = (
-                isinstance(dtype, str)
-                and all(isinstance(d, int) and d >= 0 for d in shape)
-                and isinstance(begin, int)
-                and isinstance(end, int)
-            )
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise _damaged(path, f"bad header entry for tensor {name!r}", "safetensors")
-        if not 0 <= begin <= end <= data_len:
+    tensors = [
+        _header_entry(path, name, entry) for name, entry in header.items() if name != "__metadata__"
+    ]
+    data_len, covered = size - 8 - n, 0
+    for name, _, _, (begin, end) in sorted(tensors, key=lambda t: t[3]):
+        if begin != covered or end > data_len:
             raise _damaged(
                 path,
-                f"tensor {name!r} ends at byte {end} of a {data_len}-byte data section",
+                f"tensor {name!r} spans bytes {begin}..{end}, but the data section has "
+                f"{data_len} bytes and the tensors before it end at byte {covered}",
                 "safetensors",
             )
-        tensors.append((name, dtype, tuple(shape)))
-    return tensors
+        covered = end
+    if covered != data_len:
+        raise _damaged(
+            path, f"its tensors cover {covered} of the {data_len} data bytes", "safetensors"
+        )
+    return [(name, dtype, shape) for name, dtype, shape, _ in tensors]
+
+
+def _header_entry(
+    path: Path, name: str, entry: object
+) -> tuple[str, str, tuple[int, ...], tuple[int, int]]:
+    """One header entry, checked: known dtype, whole shape, byte range = shape x dtype size."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]  # type: ignore[index]
+        valid = (
+            dtype in _SAFETENSORS_BITS
+            and isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and type(begin) is int
+            and type(end) is int
+            and 0 <= begin <= end
+        )
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise _damaged(path, f"bad header entry for tensor {name!r}", "safetensors")
+    if prod(shape) * _SAFETENSORS_BITS[dtype] != (end - begin) * 8:
+        raise _damaged(
+            path,
+            f"tensor {name!r} claims shape {shape} of {dtype} but spans {end - begin} bytes",
+            "safetensors",
+        )
+    return name, dtype, tuple(shape), (begin, end)
 
 
 def _inspect_safetensors(path: Path, files: list[Path]) -> ModelFileInfo:
     n_params = n_tensors = 0
     dtypes: dict[str, int] = {}
     for file in files:
-        for _, dtype, shape in _read_safetensors(file):
+        for _, dtype, shape in read_safetensors_header(file):
             numel = prod(shape)
             n_params += numel
             n_tensors += 1
@@ -136,7 +169,15 @@ def _inspect_safetensors(path: Path, files: list[Path]) -> ModelFileInfo:
     )
 
 
-def _inspect_gguf(path: Path) -> ModelFileInfo:
+def read_gguf_header(path: Path) -> list[tuple[str, int]]:
+    """(type name, elements) of every tensor in a GGUF file, checked against the file: gguf-py
+    memory-maps it, so a header that is cut or claims more than the file holds fails here
+    (before transformers reads it into memory).
+
+    Raises:
+        InvalidInputError: the file is truncated or its header is damaged.
+        MissingDependencyError: the ``gguf`` package is not installed.
+    """
     gguf = require("gguf", "gguf")
     try:
         reader = gguf.GGUFReader(path)
@@ -144,6 +185,11 @@ def _inspect_gguf(path: Path) -> ModelFileInfo:
     except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
         # gguf-py reports damage with ad-hoc exceptions (bad magic, short reads from the mmap).
         raise _damaged(path, f"{type(exc).__name__}: {exc}", "GGUF") from None
+    return tensors
+
+
+def _inspect_gguf(path: Path) -> ModelFileInfo:
+    tensors = read_gguf_header(path)
     dtypes: dict[str, int] = {}
     for dtype, numel in tensors:
         dtypes[dtype] = dtypes.get(dtype, 0) + numel

@@ -1,8 +1,9 @@
 """lowbit.save / lowbit.load: a quantized model as a folder of safetensors + a JSON manifest.
 
 Layout of a save folder:
-  manifest.json      format version, lowbit version, recipe, and one entry per module that
-                     differs from the float architecture (its class and JSON metadata)
+  manifest.json      format version, lowbit version, recipe, one entry per module that
+                     differs from the float architecture (its class and JSON metadata), and
+                     every file's sha256 and every tensor's dtype and shape (export/manifest.py)
   model.safetensors  quantized modules' tensors under "q.<module>.<key>", every other tensor
                      of the state dict under "f.<key>"; a tensor shared by two modules (an
                      LM head tied to the embedding) is written once, the manifest's
@@ -10,7 +11,10 @@ Layout of a save folder:
 
 Nothing is pickled. Loading needs the float architecture (an instance of the original
 model class, weights irrelevant), because Python code is not data: ``load(folder, model)``.
-Writes are atomic: the folder is written under a temporary name and renamed into place.
+Load checks the folder before it allocates: sizes against the bytes on disk, the files
+against the manifest's checksums, the architecture's shapes against the stored tensors.
+Writes are atomic (lowbit.atomic): the folder is written under a temporary name and
+swapped into place.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,18 +32,23 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.errors import InvalidInputError, UnsupportedFormatError
-from lowbit.nn import QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
+from lowbit.atomic import atomic_folder, recover
+from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
+from lowbit.export.inspect import read_safetensors_header
+from lowbit.export.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    QUANT_MODULES,
+    WEIGHTS,
+    file_records,
+    read_manifest,
+    tensor_records,
+    verify_files,
+)
+from lowbit.nn import cast_model
 from lowbit.recipes.fuse import set_module
 from lowbit.tensors.base import storage_key
-
-FORMAT_NAME = "lowbit-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "model.safetensors"
-QUANT_MODULES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (QuantLinear, QuantConv2d, QuantAdd, QuantEmbedding)
-}
 
 
 def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -119,24 +127,14 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "tied": tied,
         "transformers": _transformers_architecture(model),
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        manifest["files"] = file_records(tmp)
+        manifest["tensors"] = tensor_records(read_safetensors_header(tmp / WEIGHTS))
         # the manifest last: a folder with one is complete
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if folder.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, backup / "old")
-            os.replace(tmp, folder)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -167,89 +165,131 @@ def _transformers_architecture(model: nn.Module) -> dict[str, Any] | None:
     return {"class": type(model).__name__, "config": config.to_dict()}
 
 
-def _transformers_skeleton(spec: dict[str, Any]) -> nn.Module:
+def _transformers_skeleton(spec: dict[str, Any], device: str) -> nn.Module:
     """An untrained instance of the saved transformers architecture (weights are loaded
-    over it)."""
+    over it); on the "meta" device it allocates nothing."""
     from lowbit.errors import require
 
     transformers = require("transformers", "hf")
     cls = getattr(transformers, spec["class"], None)
-    if cls is None:
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise UnsupportedFormatError(
-            f"this transformers version has no {spec['class']}; upgrade transformers"
-        )
-    config = cls.config_class.from_dict(spec["config"])
-    return cls(config).eval()  # real init: non-persistent buffers (rotary tables) matter
-
-
-def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a save folder, checked for format and version."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise InvalidInputError(
-            f"{folder} is not a lowbit save folder (no {MANIFEST}); save one with lowbit.save"
+            f"the manifest names {spec['class']!r}, which is not a model class of this "
+            "transformers version; upgrade transformers, or restore the folder or save the "
+            "model again"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path} is damaged (not valid JSON: {exc}); save again") from exc
-    if manifest.get("format") != FORMAT_NAME:
-        raise UnsupportedFormatError(f"{path} is not a lowbit model manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{folder} has format version {version!r}; this lowbit reads version "
-            f"{FORMAT_VERSION}: upgrade lowbit (pip install -U lowbit) or save it again"
-        )
-    return manifest
+        config = cls.config_class.from_dict(spec["config"])
+        with torch.device(device):
+            return cls(config).eval()  # real init: non-persistent buffers (rotary tables) matter
+    except Exception as exc:  # transformers validates configs with many exception types
+        problem = " ".join(str(exc).split())
+        raise InvalidInputError(
+            f"the manifest's config cannot build {spec['class']} ({type(exc).__name__}: "
+            f"{problem}); "
+            "restore the folder or save the model again"
+        ) from exc
+
+
+def _architecture(manifest: dict[str, Any], model: nn.Module | None, device: str) -> nn.Module:
+    """The float architecture to fill: a copy of ``model``, or the manifest's transformers
+    class, cast like the saved model was."""
+    if model is None:
+        result = _transformers_skeleton(manifest["transformers"], device)
+    else:
+        result = copy.deepcopy(model).eval()
+    if manifest.get("cast_dtype"):
+        dtype = getattr(torch, manifest["cast_dtype"])
+        result = cast_model(result, dtype)
+    return result
+
+
+def _mismatch(folder: Path, problem: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"the architecture does not match the save in {folder}: {problem}; pass an instance "
+        "of the model class that was quantized (for a transformers model, restore the folder "
+        "or save the model again)"
+    )
+
+
+def _check_architecture(
+    folder: Path,
+    model: nn.Module,
+    manifest: dict[str, Any],
+    header: list[tuple[str, str, tuple[int, ...]]],
+) -> None:
+    """Every tensor the architecture expects is stored, with its shape, before anything is
+    allocated for it (``model`` may live on the meta device)."""
+    shapes = {name: shape for name, _, shape in header}
+    for key, original in manifest.get("tied", {}).items():  # stored once, under `original`
+        if original not in shapes:
+            problem = f"tensor {original!r}, which {key!r} shares, is not in {WEIGHTS}"
+            raise _mismatch(folder, problem)
+        shapes[key] = shapes[original]
+    quantized = {n: e for n, e in manifest["modules"].items() if e["class"] != "Identity"}
+    for name, entry in quantized.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise _mismatch(folder, f"it has no module {name!r}") from None
+        weight = getattr(module, "weight", None)
+        saved = entry["metadata"].get("weight") or {}
+        if isinstance(weight, torch.Tensor) and list(weight.shape) != saved.get("shape"):
+            raise _mismatch(
+                folder, f"{name}.weight is {tuple(weight.shape)}, saved {saved.get('shape')}"
+            )
+        if getattr(module, "bias", None) is not None and f"q.{name}.bias" not in shapes:
+            raise _mismatch(folder, f"tensor 'q.{name}.bias' is not in {WEIGHTS}")
+    prefixes = tuple(f"{n}." for n in manifest["modules"])  # replaced: their state is lowbit's
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    aliases = manifest.get("aliases", {})
+    for key, tensor in expected.items():
+        stored = shapes.get(f"f.{aliases.get(key, key)}")
+        if stored is None:
+            raise _mismatch(folder, f"tensor 'f.{key}' is not in {WEIGHTS}")
+        if stored != tuple(tensor.shape):
+            raise _mismatch(folder, f"{key} is {tuple(tensor.shape)}, {stored} in {WEIGHTS}")
+    unexpected = sorted(k for k in shapes if k.startswith("f.") and k[2:] not in expected)
+    if unexpected:
+        raise _mismatch(folder, f"{WEIGHTS} holds {unexpected[:5]}, which it has no place for")
 
 
 def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved quantized model on the float architecture ``model`` (not modified:
     a copy is filled); for transformers models the architecture is in the manifest and
-    ``model`` may be omitted. Outputs are bit-identical to the model that was saved."""
+    ``model`` may be omitted. Outputs are bit-identical to the model that was saved.
+
+    Raises:
+        InvalidInputError: not a save folder, a damaged or changed one (sizes, checksums,
+            tensor table), or an architecture that does not match it.
+        UnsupportedFormatError: a format version or a class this lowbit cannot read.
+    """
+    folder = Path(folder)
+    recover(folder)  # a replacement a crash interrupted
     manifest = read_manifest(folder)
-    if model is None:
-        if manifest.get("transformers") is None:
-            raise InvalidInputError(
-                f"{folder} holds a plain PyTorch model: pass its architecture, "
-                "lowbit.load(folder, MyModel())"
-            )
-        model = _transformers_skeleton(manifest["transformers"])
-    try:
-        tensors = safetensors.torch.load_file(str(Path(folder) / WEIGHTS))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
+    if model is None and manifest.get("transformers") is None:
         raise InvalidInputError(
-            f"{Path(folder) / WEIGHTS} is damaged or missing ({exc}); save the model again"
-        ) from exc
+            f"{folder} holds a plain PyTorch model: pass its architecture, "
+            "lowbit.load(folder, MyModel())"
+        )
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise InvalidInputError(f"{weights} is missing; restore the folder or save the model again")
+    header = read_safetensors_header(weights)  # sizes checked against the bytes on disk
+    verify_files(folder, manifest, header)
+    if model is None:  # the skeleton is checked on the meta device before it allocates
+        _check_architecture(folder, _architecture(manifest, None, "meta"), manifest, header)
+    result = _architecture(manifest, model, "cpu")
+    _check_architecture(folder, result, manifest, header)
+    tensors = safetensors.torch.load_file(str(weights))
     for key, original in manifest.get("tied", {}).items():
-        if original not in tensors:
-            raise InvalidInputError(
-                f"{Path(folder) / WEIGHTS} lacks {original!r}, which {key!r} shares; save the "
-                "model again"
-            )
-        tensors[key] = tensors[original]
-    result = copy.deepcopy(model).eval()
-    if manifest.get("cast_dtype"):
-        dtype = getattr(torch, manifest["cast_dtype"])
-        result = cast_model(result, dtype)
-    try:
-        _place_modules(result, manifest["modules"], tensors)
-    except AttributeError as exc:
-        raise InvalidInputError(
-            f"the architecture does not match the save ({exc}); pass an instance of the "
-            "model class that was quantized"
-        ) from exc
+        tensors[key] = tensors[original]  # presence checked by _check_architecture
+    _place_modules(result, manifest["modules"], tensors)
     float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("f.")}
     for key, original in manifest.get("aliases", {}).items():
         if original in float_state:
             float_state[key] = float_state[original]
-    missing, unexpected = _load_float_state(result, float_state, manifest["modules"])
-    if missing or unexpected:
-        raise InvalidInputError(
-            f"the architecture does not match the save: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}; pass an instance of the model class that was quantized"
-        )
+    result.load_state_dict(float_state, strict=False)
     if manifest.get("recipe") is not None:
         result.lowbit_recipe = manifest["recipe"]  # type: ignore[assignment]
     if manifest.get("float_layers") is not None:
@@ -261,25 +301,18 @@ def _place_modules(
     result: nn.Module, entries: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:
     for name, entry in entries.items():
-        cls_name = entry["class"]
-        if cls_name == "Identity":
+        if entry["class"] == "Identity":
             set_module(result, name, nn.Identity())
             continue
-        if cls_name not in QUANT_MODULES:
-            raise UnsupportedFormatError(f"unknown module class {cls_name!r} in the manifest")
         prefix = f"q.{name}."
         module_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        module = QUANT_MODULES[cls_name].from_state(module_tensors, entry["metadata"])
+        try:
+            module = QUANT_MODULES[entry["class"]].from_state(module_tensors, entry["metadata"])
+        except LowbitError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidInputError(
+                f"the manifest entry of module {name!r} is damaged ({type(exc).__name__}: "
+                f"{exc}); restore the folder or save the model again"
+            ) from exc
         set_module(result, name, module)
-
-
-def _load_float_state(
-    model: nn.Module, state: dict[str, torch.Tensor], entries: dict[str, Any]
-) -> tuple[list[str], list[str]]:
-    prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
-    expected = {k for k in model.state_dict() if not k.startswith(prefixes)}
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if not missing and not unexpected:
-        model.load_state_dict(state, strict=False)
-    return missing, unexpected
