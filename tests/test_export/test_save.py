@@ -141,7 +141,7 @@ def test_a_tie_to_a_tensor_that_is_not_stored_is_refused(tmp_path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["tied"] = {k: "q.nowhere" for k in manifest["tied"]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(InvalidInputError, match="'q.nowhere', which .* shares, is not in"):
+    with pytest.raises(InvalidInputError, match=r"'q\.nowhere', which .* shares, is not in"):
         load(folder)
 
 
