@@ -18,6 +18,7 @@ from lowbit.export import load, save
 from lowbit.recipes import quantize
 from lowbit_testkit.models import tiny_llama
 from lowbit_testkit.process import run_measured
+from lowbit_testkit.saves import write_consistent_manifest
 
 
 def _model() -> nn.Module:
@@ -30,6 +31,15 @@ def _manifest(folder: Path) -> dict:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
+    """A manifest edited consistently (digest and checksums updated, as a buggy writer
+    would): what the structural checks must catch on their own."""
+    if manifest.get("format_version") == 2:
+        write_consistent_manifest(folder, manifest)
+    else:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_by_hand(folder: Path, manifest: dict) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -177,3 +187,26 @@ def test_an_edited_vocab_size_fails_before_allocating(tmp_path: Path) -> None:
     assert baseline.stdout == "", baseline.stdout  # loading the intact tiny model: the baseline
     assert "(2000000, 32)" in edited.stdout and "save the model again" in edited.stdout
     assert edited.peak_mb < baseline.peak_mb + 100
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["modules"]["0"]["metadata"]["spec"].update(relu=True),  # still parses
+        lambda m: m["recipe"].update(name="w4a16-g128"),
+        lambda m: m.update(float_layers={"0": "edited"}),
+    ],
+    ids=["module spec", "recipe", "float layers"],
+)
+def test_a_hand_edited_manifest_value_that_still_parses_is_refused(saved: Path, edit) -> None:
+    manifest = _manifest(saved)
+    edit(manifest)
+    _edit_by_hand(saved, manifest)
+    with pytest.raises(InvalidInputError, match=r"manifest\.json was changed after saving"):
+        load(saved, _model())
+
+
+def test_the_digest_survives_a_json_round_trip_and_a_resave(saved: Path, tmp_path: Path) -> None:
+    (saved / "manifest.json").write_text(json.dumps(_manifest(saved), indent=4))  # reformatted
+    again = save(load(saved, _model()), tmp_path / "again")
+    assert isinstance(load(again, _model())[0].weight, object)

@@ -2,7 +2,9 @@
 lowbit.load refuse a folder that was changed or damaged instead of loading it silently.
 
 Format version 2 records, beside the model's structure, every file's sha256 and size
-(``files``) and every stored tensor's safetensors dtype and shape (``tensors``). Version 1
+(``files``) and every stored tensor's safetensors dtype and shape (``tensors``); the
+weights file's metadata holds the sha256 of the rest of the manifest (``content_digest``),
+so a hand edit of a value that still parses (a scale, a shape, the recipe) is refused too. Version 1
 folders (no such records) still load, with a LowbitWarning that says to save them again.
 """
 
@@ -169,6 +171,29 @@ def verify_files(
                 f"{path} has changed since it was saved (its size or sha256 differs from "
                 f"{MANIFEST}); {_SAVE_AGAIN}"
             )
+
+
+DIGEST_KEY = "lowbit_manifest_sha256"  # in the weights file's safetensors metadata
+_RECORDS = ("files", "tensors")  # written after the weights, so not part of the digest
+
+
+def content_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its file and tensor records, in canonical JSON (the
+    same before saving and after a JSON round trip)."""
+    content = json.loads(json.dumps({k: v for k, v in manifest.items() if k not in _RECORDS}))
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def verify_content(folder: Path, manifest: dict[str, Any], metadata: dict[str, str]) -> None:
+    """The manifest's content is what was saved beside these weights (format version 2)."""
+    if manifest["format_version"] == 1:
+        return
+    if metadata.get(DIGEST_KEY) != content_digest(manifest):
+        raise InvalidInputError(
+            f"{folder / MANIFEST} was changed after saving: its content no longer matches the "
+            f"digest stored in {WEIGHTS}; {_SAVE_AGAIN}"
+        )
 
 
 def _describe(record: dict[str, Any] | None) -> str:

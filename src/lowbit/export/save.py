@@ -36,14 +36,17 @@ from lowbit.atomic import atomic_folder, recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
 from lowbit.export.inspect import read_safetensors_header
 from lowbit.export.manifest import (
+    DIGEST_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
     QUANT_MODULES,
     WEIGHTS,
+    content_digest,
     file_records,
     read_manifest,
     tensor_records,
+    verify_content,
     verify_files,
 )
 from lowbit.nn import cast_model
@@ -128,7 +131,8 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "transformers": _transformers_architecture(model),
     }
     with atomic_folder(folder) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT_NAME})
+        metadata = {"format": FORMAT_NAME, DIGEST_KEY: content_digest(manifest)}
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         manifest["files"] = file_records(tmp)
@@ -277,6 +281,8 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
         raise InvalidInputError(f"{weights} is missing; restore the folder or save the model again")
     header = read_safetensors_header(weights)  # sizes checked against the bytes on disk
     verify_files(folder, manifest, header)
+    with safetensors.safe_open(str(weights), "pt") as f:  # a header read; sha256 checked above
+        verify_content(folder, manifest, f.metadata() or {})
     if model is None:  # the skeleton is checked on the meta device before it allocates
         _check_architecture(folder, _architecture(manifest, None, "meta"), manifest, header)
     result = _architecture(manifest, model, "cpu")
