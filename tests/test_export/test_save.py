@@ -170,3 +170,16 @@ def test_tokenizer_is_written_inside_the_atomic_save(tmp_path) -> None:
         "model.safetensors",
         "tokenizer.json",
     ]
+
+
+def test_a_quantized_embedding_keeps_its_padding_idx(tmp_path) -> None:
+    """Issue 12: save/load of a QuantEmbedding lost padding_idx."""
+    from lowbit.recipes import get_recipe
+
+    model = nn.Sequential(nn.Embedding(100, 16, padding_idx=0), nn.Linear(16, 4)).eval()
+    qmodel = quantize(model, get_recipe("w8a16").with_embeddings("int8"))
+    assert qmodel[0].padding_idx == 0
+    loaded = load(
+        save(qmodel, tmp_path / "m"), model=nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 4))
+    )
+    assert loaded[0].padding_idx == 0

@@ -40,3 +40,14 @@ def test_other_formats_use_the_reference_and_round_trip() -> None:
     again = QuantEmbedding.from_state(tensors, json.loads(json.dumps(meta)))
     ids = torch.tensor([[0, 49, 3]])
     assert torch.equal(again(ids), module(ids))
+
+
+def test_padding_idx_survives_the_state_round_trip() -> None:
+    """Issue 12: from_state dropped padding_idx."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(20, 8, padding_idx=3)
+    weight = IntPackedTensor.quantize(emb.weight.detach(), IntType(8, True), PerAxis(0))
+    tensors, meta = QuantEmbedding.from_float(emb, weight).to_state()
+    assert QuantEmbedding.from_state(tensors, json.loads(json.dumps(meta))).padding_idx == 3
+    del meta["padding_idx"]  # a state written before padding_idx was saved: the default
+    assert QuantEmbedding.from_state(tensors, meta).padding_idx is None

@@ -6,7 +6,6 @@ calibration hooks can observe the sum, so that convert can swap in ``QuantAdd``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -77,23 +76,3 @@ class QuantAdd(KernelModule):
                 f"from_float needs a lowbit.nn.Add, got {type(module).__name__}"
             )
         return cls(output_qparams, relu=module.relu, **kwargs)
-
-    @classmethod
-    def from_state(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        metadata: Mapping[str, Any],
-        *,
-        registry: KernelRegistry | None = None,
-    ) -> QuantAdd:
-        """Rebuild what ``to_state`` wrote."""
-        _, _, spec = cls._parts_from_state(tensors, metadata)
-        return cls(
-            spec.output_qparams,
-            input_qparams=spec.input_qparams,
-            other_qparams=spec.other_qparams,
-            relu=spec.relu,
-            keep_quantized_output=spec.keep_quantized_output,
-            kernel=metadata.get("kernel"),
-            registry=registry,
-        )

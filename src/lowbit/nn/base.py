@@ -4,12 +4,15 @@ A module holds its QTensor weight, float32 bias and LayerSpec; at construction i
 kernel registry for an entry (explicitly, with every reason kept for ``explain``) and lets
 the entry repack the weight. ``forward`` only calls the entry. ``to_state`` writes the
 canonical QTensor and JSON metadata; ``from_state`` rebuilds the packed params from them,
-so nothing is ever pickled.
+so nothing is ever pickled. ``from_state`` is written once, here: it calls the subclass's
+constructor with the weight, the bias, the LayerSpec fields the constructor takes (by name)
+and the constructor arguments a subclass lists in ``state_attributes``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -64,10 +67,21 @@ def spec_from_dict(data: Mapping[str, Any]) -> LayerSpec:
     )
 
 
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _from_json(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 class KernelModule(nn.Module):
     """Base of the quantized modules: one registry entry runs ``forward``."""
 
     op: ClassVar[str]
+    # Constructor arguments kept as attributes of the same name that the LayerSpec does not
+    # hold (e.g. QuantEmbedding's padding_idx): to_state writes them, from_state passes them.
+    state_attributes: ClassVar[tuple[str, ...]] = ()
 
     def _setup(
         self,
@@ -150,7 +164,35 @@ class KernelModule(nn.Module):
             tensors, meta["weight"] = self.weight.to_dict("weight.")
         if self.bias is not None:
             tensors["bias"] = self.bias
+        meta.update({name: _jsonable(getattr(self, name)) for name in self.state_attributes})
         return tensors, meta
+
+    @classmethod
+    def from_state(
+        cls,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, Any],
+        *,
+        registry: KernelRegistry | None = None,
+    ) -> KernelModule:
+        """Rebuild what ``to_state`` wrote (the packed kernel params are rebuilt, not read).
+
+        Args:
+            tensors: the flat tensors of ``to_state`` ("weight.*", "bias").
+            metadata: its JSON metadata (after a JSON round trip: lists for tuples).
+            registry: the kernel entries to choose from (default: DEFAULT_REGISTRY); the
+                saved ``kernel`` (a forced entry name, or None) is passed on.
+        Raises:
+            UnsupportedFormatError: the state is another class's or another version's.
+        """
+        weight, bias, spec = cls._parts_from_state(tensors, metadata)
+        params = inspect.signature(cls).parameters
+        values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+        values.update(weight=weight, bias=bias)
+        # Absent in states written before the attribute was saved: the constructor default.
+        values.update({n: _from_json(metadata[n]) for n in cls.state_attributes if n in metadata})
+        kwargs = {name: value for name, value in values.items() if name in params}
+        return cls(**kwargs, kernel=metadata.get("kernel"), registry=registry)
 
     @classmethod
     def _parts_from_state(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -85,6 +84,7 @@ class QuantConv2d(KernelModule):
     """
 
     op = "conv2d"
+    state_attributes = ("input_padding", "padding_mode")
 
     def __init__(
         self,
@@ -141,12 +141,6 @@ class QuantConv2d(KernelModule):
             x = _pad(x, self.input_padding, self.padding_mode)  # type: ignore[arg-type]
         return super().forward(x)
 
-    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """KernelModule's state plus the input padding and its mode."""
-        tensors, meta = super().to_state()
-        meta.update(input_padding=list(self.input_padding), padding_mode=self.padding_mode)
-        return tensors, meta
-
     def extra_repr(self) -> str:
         pad = f", input_padding={self.input_padding} ({self.padding_mode})"
         return super().extra_repr() + (pad if any(self.input_padding) else "")
@@ -181,32 +175,4 @@ class QuantConv2d(KernelModule):
             dilation=module.dilation,
             groups=module.groups,
             **kwargs,
-        )
-
-    @classmethod
-    def from_state(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        metadata: Mapping[str, Any],
-        *,
-        registry: KernelRegistry | None = None,
-    ) -> QuantConv2d:
-        """Rebuild what ``to_state`` wrote (the packed kernel params are rebuilt, not read)."""
-        weight, bias, spec = cls._parts_from_state(tensors, metadata)
-        return cls(
-            weight,
-            bias,
-            stride=spec.stride,
-            padding=spec.padding,
-            dilation=spec.dilation,
-            groups=spec.groups,
-            input_padding=tuple(metadata.get("input_padding", (0, 0, 0, 0))),
-            padding_mode=metadata.get("padding_mode", "zeros"),
-            mode=spec.mode,
-            input_qparams=spec.input_qparams,
-            output_qparams=spec.output_qparams,
-            relu=spec.relu,
-            keep_quantized_output=spec.keep_quantized_output,
-            kernel=metadata.get("kernel"),
-            registry=registry,
         )

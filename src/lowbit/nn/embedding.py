@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from lowbit.errors import InvalidInputError
@@ -20,11 +18,13 @@ class QuantEmbedding(KernelModule):
     Args:
         weight: 2-D QTensor (int8 per row gets the int8 row-gather kernel, anything else the
             reference kernel).
-        padding_idx: kept for the record (lookups are plain; no gradient flows here).
+        padding_idx: kept for the record and in the saved state (lookups are plain; no
+            gradient flows here).
         kernel, registry: as in QuantLinear.
     """
 
     op = "embedding"
+    state_attributes = ("padding_idx",)
 
     def __init__(
         self,
@@ -50,15 +50,3 @@ class QuantEmbedding(KernelModule):
         if tuple(weight.shape) != tuple(module.weight.shape):
             raise InvalidInputError("the quantized table's shape differs from the embedding's")
         return cls(weight, padding_idx=module.padding_idx, **kwargs)
-
-    @classmethod
-    def from_state(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        metadata: Mapping[str, Any],
-        *,
-        registry: KernelRegistry | None = None,
-    ) -> QuantEmbedding:
-        """Rebuild what ``to_state`` wrote."""
-        weight, _, _ = cls._parts_from_state(tensors, metadata)
-        return cls(weight, kernel=metadata.get("kernel"), registry=registry)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -95,27 +94,3 @@ class QuantLinear(KernelModule):
                 f"{tuple(module.weight.shape)}; quantize this module's weight"
             )
         return cls(weight, module.bias, **kwargs)
-
-    @classmethod
-    def from_state(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        metadata: Mapping[str, Any],
-        *,
-        registry: KernelRegistry | None = None,
-    ) -> QuantLinear:
-        """Rebuild what ``to_state`` wrote (the packed kernel params are rebuilt, not read)."""
-        weight, bias, spec = cls._parts_from_state(tensors, metadata)
-        return cls(
-            weight,
-            bias,
-            mode=spec.mode,
-            input_qparams=spec.input_qparams,
-            output_qparams=spec.output_qparams,
-            relu=spec.relu,
-            keep_quantized_output=spec.keep_quantized_output,
-            per_token=spec.per_token,
-            token_zero_point=spec.token_zero_point,
-            kernel=metadata.get("kernel"),
-            registry=registry,
-        )
