@@ -12,7 +12,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.affine import choose_qparams, fake_quantize
 from lowbit.formats.granularity import PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
-from lowbit.nn.qat import ActivationFakeQuant, QATConv2d, QATLinear, QATState
+from lowbit.nn.qat import ActivationFakeQuant, QATConv2d, QATLinear, QATOptions, QATState
 from lowbit.observers import MovingAverageMinMaxObserver
 
 UINT8 = IntType(8, False)
@@ -271,3 +271,14 @@ def test_bad_modules_and_inputs_raise_lowbit_errors() -> None:
         m(torch.ones(1, 3, dtype=torch.int64))
     with pytest.raises(LowbitError, match="NaN"):
         m(torch.tensor([[1.0, float("nan"), 0.0]]))
+
+
+def test_options_object_and_keywords_are_the_same_settings() -> None:
+    lin = nn.Linear(3, 2)
+    m = QATLinear(lin, QATOptions(weight_bits=4), learnable=True)
+    assert (
+        m.options
+        == QATOptions(weight_bits=4, learnable=True)
+        == QATLinear(lin, **vars(m.options)).options
+    )
+    assert m.weight_qtype.bits == 4 and m.learnable

@@ -20,8 +20,9 @@ straight-through estimator (``lowbit.algorithms.qat``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from lowbit.formats.checks import check_finite
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
 
-__all__ = ["ActivationFakeQuant", "QATConv2d", "QATLinear", "QATState"]
+__all__ = ["ActivationFakeQuant", "QATConv2d", "QATLinear", "QATOptions", "QATState"]
 
 # Smallest learnable step size: keeps x / s finite (torch.ao's LearnableFakeQuantize uses the
 # same floor).
@@ -56,6 +57,36 @@ def _check_bits(name: str, bits: Any, low: int) -> int:
             "(lower widths are simulated in float only)"
         )
     return bits
+
+
+@dataclass(frozen=True)
+class QATOptions:
+    """How a QAT module fake-quantizes (the same for ``QATLinear`` and ``QATConv2d``).
+
+    Attributes:
+        weight_bits: signed weight width, 2..8 (restricted symmetric codes ±(2^(b-1) - 1)).
+        act_bits: unsigned activation width, 1..8.
+        per_channel: one weight scale per output channel (True) or one per tensor.
+        learnable: LSQ step sizes for weight and activations (and LSQ+ zero points) instead
+            of min/max ranges. The parameters are ``weight_scale``, ``input_quant.scale`` and
+            ``input_quant.zero_point`` (and ``output_quant.*``). LSQ was designed for SGD; with
+            Adam give the parameters whose names end in "scale" or "zero_point" a much smaller
+            learning rate (e.g. 1e-4) than the weights, or its fixed-size first steps drive
+            the step sizes (~1e-2) to zero.
+        relu: apply ReLU after the op (a fused Linear+ReLU / Conv+ReLU).
+        quantize_output: also fake-quantize the output (after the ReLU).
+        averaging_constant: moving-average constant of the activation ranges, in (0, 1].
+
+    Values are checked when a module is built (InvalidSpecError).
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = True
+    learnable: bool = False
+    relu: bool = False
+    quantize_output: bool = False
+    averaging_constant: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -205,33 +236,39 @@ class ActivationFakeQuant(nn.Module):
 
 
 class _QATModule(nn.Module):
-    """Shared parts: weight fake quantization, input/output quantizers, ``qat_state``."""
+    """Shared parts: weight fake quantization, input/output quantizers, ``qat_state``.
+
+    Subclasses name the float module they wrap (``wraps``) and the class to use for the
+    other one (``instead``).
+    """
 
     op: Literal["linear", "conv2d"]
+    wraps: ClassVar[type[nn.Module]]
+    instead: ClassVar[str]
 
     def __init__(
-        self,
-        module: nn.Module,
-        *,
-        weight_bits: int,
-        act_bits: int,
-        per_channel: bool,
-        learnable: bool,
-        relu: bool,
-        quantize_output: bool,
-        averaging_constant: float,
+        self, module: nn.Module, options: QATOptions | None = None, **overrides: Any
     ) -> None:
+        if not isinstance(module, self.wraps):
+            raise InvalidInputError(
+                f"{type(self).__name__} wraps an nn.{self.wraps.__name__}, got "
+                f"{type(module).__name__}; use {self.instead}"
+            )
         super().__init__()
-        self.weight_qtype = IntType(_check_bits("weight_bits", weight_bits, 2), True)
-        self.per_channel = bool(per_channel)
-        self.learnable = bool(learnable)
-        self.relu = bool(relu)
+        opts = dataclasses.replace(options or QATOptions(), **overrides)
+        self.options = opts
+        self.weight_qtype = IntType(_check_bits("weight_bits", opts.weight_bits, 2), True)
+        self.per_channel = bool(opts.per_channel)
+        self.learnable = bool(opts.learnable)
+        self.relu = bool(opts.relu)
         # The wrapped module's parameters themselves (not copies), as torch.ao's QAT modules.
         self.weight = module.weight
         self.bias = module.bias
-        act = {"learnable": learnable, "averaging_constant": averaging_constant}
-        self.input_quant = ActivationFakeQuant(act_bits, **act)
-        self.output_quant = ActivationFakeQuant(act_bits, **act) if quantize_output else None
+        act = {"learnable": opts.learnable, "averaging_constant": opts.averaging_constant}
+        self.input_quant = ActivationFakeQuant(opts.act_bits, **act)
+        self.output_quant = (
+            ActivationFakeQuant(opts.act_bits, **act) if opts.quantize_output else None
+        )
         if self.learnable:
             init = self._observed_weight_qparams()
             self.weight_scale = nn.Parameter(init.scale.clone())
@@ -314,51 +351,22 @@ class QATLinear(_QATModule):
 
     Args:
         linear: the float ``nn.Linear``; its weight and bias Parameters are reused (shared).
-        weight_bits: signed weight width, 2..8 (restricted symmetric codes ±(2^(b-1) - 1)).
-        act_bits: unsigned activation width, 1..8.
-        per_channel: one weight scale per output channel (True) or one per tensor.
-        learnable: LSQ step sizes for weight and activations (and LSQ+ zero points) instead
-            of min/max ranges. The parameters are ``weight_scale``, ``input_quant.scale`` and
-            ``input_quant.zero_point`` (and ``output_quant.*``). LSQ was designed for SGD; with
-            Adam give the parameters whose names end in "scale" or "zero_point" a much smaller
-            learning rate (e.g. 1e-4) than the weights, or its fixed-size first steps drive
-            the step sizes (~1e-2) to zero.
-        relu: apply ReLU after the linear (a fused Linear+ReLU).
-        quantize_output: also fake-quantize the output (after the ReLU).
-        averaging_constant: moving-average constant of the activation ranges.
+        options: a ``QATOptions`` (default: int8 weights per channel, uint8 activations,
+            moving-average ranges).
+        **overrides: fields of ``QATOptions`` given by keyword (``weight_bits=4``,
+            ``learnable=True``...), applied over ``options``.
 
     Shapes: input (..., in_features) float; output (..., out_features) float.
     """
 
     op = "linear"
+    wraps = nn.Linear
+    instead = "QATConv2d for nn.Conv2d"
 
     def __init__(
-        self,
-        linear: nn.Linear,
-        *,
-        weight_bits: int = 8,
-        act_bits: int = 8,
-        per_channel: bool = True,
-        learnable: bool = False,
-        relu: bool = False,
-        quantize_output: bool = False,
-        averaging_constant: float = 0.01,
+        self, linear: nn.Linear, options: QATOptions | None = None, **overrides: Any
     ) -> None:
-        if not isinstance(linear, nn.Linear):
-            raise InvalidInputError(
-                f"QATLinear wraps an nn.Linear, got {type(linear).__name__}; use QATConv2d "
-                "for nn.Conv2d"
-            )
-        super().__init__(
-            linear,
-            weight_bits=weight_bits,
-            act_bits=act_bits,
-            per_channel=per_channel,
-            learnable=learnable,
-            relu=relu,
-            quantize_output=quantize_output,
-            averaging_constant=averaging_constant,
-        )
+        super().__init__(linear, options, **overrides)
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
@@ -375,40 +383,19 @@ class QATConv2d(_QATModule):
     Args:
         conv: the float ``nn.Conv2d`` (any padding and padding_mode); its Parameters are
             reused.
-        Other arguments as ``QATLinear``.
+        options, overrides: as ``QATLinear``.
 
     Shapes: input (N, C_in, H, W) float; output (N, C_out, H', W') float.
     """
 
     op = "conv2d"
+    wraps = nn.Conv2d
+    instead = "QATLinear for nn.Linear"
 
     def __init__(
-        self,
-        conv: nn.Conv2d,
-        *,
-        weight_bits: int = 8,
-        act_bits: int = 8,
-        per_channel: bool = True,
-        learnable: bool = False,
-        relu: bool = False,
-        quantize_output: bool = False,
-        averaging_constant: float = 0.01,
+        self, conv: nn.Conv2d, options: QATOptions | None = None, **overrides: Any
     ) -> None:
-        if not isinstance(conv, nn.Conv2d):
-            raise InvalidInputError(
-                f"QATConv2d wraps an nn.Conv2d, got {type(conv).__name__}; use QATLinear for "
-                "nn.Linear"
-            )
-        super().__init__(
-            conv,
-            weight_bits=weight_bits,
-            act_bits=act_bits,
-            per_channel=per_channel,
-            learnable=learnable,
-            relu=relu,
-            quantize_output=quantize_output,
-            averaging_constant=averaging_constant,
-        )
+        super().__init__(conv, options, **overrides)
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
         self.kernel_size = conv.kernel_size

@@ -16,7 +16,7 @@ from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import quantize as quantize_codes
 from lowbit.formats.qtypes import get_qtype
 from lowbit.nn import QuantConv2d, QuantLinear
-from lowbit.nn.qat import QATConv2d, QATLinear
+from lowbit.nn.qat import QATConv2d, QATLinear, QATOptions
 from lowbit.recipes.fuse import fused_parts, set_module
 from lowbit.recipes.layers import split_attention
 from lowbit.recipes.presets import get_recipe
@@ -63,9 +63,8 @@ def prepare_qat(
         float_module, relu = fused_parts(qmodel.get_submodule(entry.name))
         cls = QATConv2d if isinstance(float_module, nn.Conv2d) else QATLinear
         bits = get_qtype(entry.spec.weight.format).bits
-        qat = cls(
-            float_module, weight_bits=bits, relu=relu, quantize_output=True, learnable=learnable
-        )
+        options = QATOptions(weight_bits=bits, relu=relu, quantize_output=True, learnable=learnable)
+        qat = cls(float_module, options)
         qmodel = set_module(qmodel, entry.name, qat)
     qmodel.lowbit_recipe = recipe.to_dict()  # type: ignore[assignment]
     return qmodel.train()
