@@ -10,7 +10,7 @@ accuracy claims. The SQNR column only says how far a quantized model's output mo
   ``lowbit.nn.Add`` when importable, else a local float module with the same signature) so
   lowbit's static path can turn it into a quantized add; torch.ao FX traces through either.
 
-Also: ``sqnr_db``, ``quiet_deprecations`` (local filters for torch.ao / quint8 warnings),
+Also: ``quiet_deprecations`` (local filters for torch.ao / quint8 warnings),
 ``lowbit_quantize`` (the lowbit entry point or the reason it is missing), ONNX export and
 ONNX Runtime sessions, and ``format_model_table`` (case | ms | vs torch fp32 | vs anchor |
 SQNR). Timing itself is ``harness.compare``.
@@ -19,7 +19,6 @@ SQNR). Timing itself is ``harness.compare``.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import sys
@@ -34,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from harness import Comparison, compare
 from torch import nn
+
+from lowbit.formats.sqnr import sqnr_db
 
 # ----------------------------------------------------------------------------- warnings
 
@@ -171,16 +172,6 @@ def make_resnet18(seed: int = 0) -> ResNet18:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio of ``out`` against ``ref`` in dB (inf if equal)."""
-    ref, out = ref.detach().float(), out.detach().float()
-    noise = (ref - out).pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(ref.pow(2).sum().item() / noise)
 
 
 # ----------------------------------------------------------------------------- lowbit

@@ -1,4 +1,5 @@
-"""Shared helpers of the kernel and nn tests: weights, activation qparams, SQNR."""
+"""Shared helpers of the kernel and nn tests: weights, activation qparams, kernel pairs
+(SQNR is ``lowbit.formats.sqnr_db``)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,6 @@ def minmax_qparams(t: torch.Tensor):
     lo, hi = min(float(t.min()), 0.0), max(float(t.max()), 0.0)
     scale = (hi - lo) / 255 or 1.0
     return activation_qparams(scale, round(-lo / scale))
-
-
-def sqnr_db(ref: torch.Tensor, y: torch.Tensor) -> float:
-    """10 log10(|ref|^2 / |ref - y|^2); inf when equal."""
-    noise = (ref.float() - y.float()).pow(2).sum()
-    return float("inf") if noise == 0 else float(10 * torch.log10(ref.float().pow(2).sum() / noise))
 
 
 def run_pair(registry, op, weight, bias, spec, kernel, *inputs):

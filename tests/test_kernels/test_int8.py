@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lowbit.formats.affine import QParams
+from lowbit.formats.sqnr import sqnr_db
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
-from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, run_pair, sqnr_db
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, run_pair
 
 DYN = "int8 dynamic (quantized.linear_dynamic, x86/fbgemm)"
 STATIC_LINEAR = "int8 static (quantized.linear, x86/fbgemm)"

@@ -7,10 +7,11 @@ import torch
 
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.sqnr import sqnr_db
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
 from lowbit.kernels.weight_only import int4pack_codes, int4pack_scale_zero
 from lowbit.tensors import IntPackedTensor
-from lowbit_testkit.kernel_helpers import int8_weight, run_pair, sqnr_db
+from lowbit_testkit.kernel_helpers import int8_weight, run_pair
 
 W8 = "int8 weight-only (aten._weight_int8pack_mm, bf16)"
 W4 = "int4 weight-only (aten._weight_int4pack_mm_for_cpu, bf16)"

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.errors import InvalidSpecError
+from lowbit.formats.sqnr import sqnr_db
 from lowbit.kernels import REFERENCE_NAME
 from lowbit.nn import QuantConv2d
-from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, sqnr_db
+from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 
 def test_from_float_takes_geometry_and_matches_reference() -> None:

@@ -1,13 +1,15 @@
-"""Quality metrics: top-1 accuracy and signal-to-quantization-noise ratio."""
+"""Quality metrics: top-1 accuracy and signal-to-quantization-noise ratio (``sqnr_db``,
+defined once in ``lowbit.formats.sqnr`` and re-exported here)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from lowbit.errors import InvalidInputError
+from lowbit.formats.sqnr import sqnr_db
+
+__all__ = ["accuracy", "sqnr_db"]
 
 
 @torch.no_grad()
@@ -20,13 +22,3 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         logits = model(x[start : start + batch_size])
         correct += int((logits.argmax(dim=-1) == y[start : start + batch_size]).sum())
     return 100.0 * correct / len(y)
-
-
-def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
-    """10·log10(‖ref‖² / ‖ref − approx‖²) in dB; inf when they are identical."""
-    ref = reference.detach().double()
-    noise = (ref - approximation.detach().double()).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf

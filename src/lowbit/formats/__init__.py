@@ -5,6 +5,7 @@ from lowbit.formats.affine import QParams, choose_qparams, dequantize, fake_quan
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.packing import pack_codes, unpack_codes
 from lowbit.formats.qtypes import QTYPES, get_qtype
+from lowbit.formats.sqnr import sqnr_db
 
 __all__ = [
     "QTYPES",
@@ -18,5 +19,6 @@ __all__ = [
     "get_qtype",
     "pack_codes",
     "quantize",
+    "sqnr_db",
     "unpack_codes",
 ]

@@ -23,6 +23,7 @@ from lowbit.formats.qtypes import (
     LevelsType,
     get_qtype,
 )
+from lowbit.formats.sqnr import sqnr_db
 
 
 @dataclass
@@ -43,9 +44,8 @@ class Explanation:
     def summary(self) -> dict[str, float]:
         err = torch.tensor(self.columns["error"], dtype=torch.float64)
         x = torch.tensor(self.columns["x"], dtype=torch.float64)
+        sqnr = sqnr_db(x, torch.tensor(self.columns["dequantized"], dtype=torch.float64))
         mse = float((err**2).mean())
-        signal = float((x**2).mean())
-        sqnr = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(signal / mse)).item()
         return {"max_abs_error": float(err.abs().max()), "mse": mse, "sqnr_db": sqnr}
 
     def to_json(self) -> dict[str, Any]:
