@@ -17,9 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_smollm2 import gguf_path
-
 import lowbit
+from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.export.hf import load_model
 
 NEW_TOKENS = 32
@@ -42,7 +41,7 @@ def tokens_per_s(model: torch.nn.Module, ids: torch.Tensor, **kwargs) -> float:
 def main() -> None:
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
-    loaded = load_model(gguf_path())
+    loaded = load_model(smollm2_gguf_path())
     fp32, tok = loaded.model, loaded.tokenizer
     ids = tok("The quick brown fox", return_tensors="pt").input_ids
     w4 = lowbit.quantize(fp32, "w4a16-g32")

