@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import tempfile
@@ -24,19 +23,18 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_args, command_line
+from _report import Report
+from harness import add_args
 from models import (
-    acceptance,
+    add_model_table,
     bench_cases,
-    environment_notes,
     export_onnx,
-    format_model_table,
     lowbit_quantize,
     make_mlp,
     onnx_op_counts,
     ort_session,
+    print_model_report,
     quiet_deprecations,
-    table_rows,
     try_lowbit,
 )
 
@@ -101,8 +99,7 @@ def main() -> int:
         qmodels[LOWBIT] = lb
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
 
-    command = command_line()
-    texts, tables, checks = [], {}, []
+    report = Report(checks=[])
     with tempfile.TemporaryDirectory() as tmp:
         onnx_fp32, onnx_q, notes = ort_models(model, d, Path(tmp))
         for threads in args.threads:
@@ -125,25 +122,12 @@ def main() -> int:
                         warmup=args.warmup, repeats=args.repeats,
                     )  # fmt: skip
                 title = f"MLP {d}-{model.fc1.out_features}-{d}, batch {batch}, {threads} threads"
-                kw = {"fp32": "torch fp32", "anchor": ANCHOR, "calls": calls}
-                texts.append(format_model_table(res, cases, title=title, command=command, **kw))
-                tables[title] = table_rows(res, cases, **kw)
-                tables[title].append({"cpu": res.notes["cpu"]})
-                if lb is not None:
-                    targets = [(ANCHOR, 0.9), ("torch bf16", 3.0)]
-                    checks += acceptance(res, cases, LOWBIT, targets, title=title)
-    notes.update(environment_notes(args.warmup, args.repeats))
-    if lowbit_note:
-        notes["lowbit"] = lowbit_note
-    if args.json:
-        out = {"command": command, "tables": tables, "acceptance": checks, "notes": notes}
-        print(json.dumps(out, indent=2))
-        return status
-    print("\n\n".join(texts), end="\n\n")
-    for line in checks:
-        print(line)
-    for k, v in notes.items():
-        print(f"{k}: {v}")
+                add_model_table(
+                    report, res, cases, title=title, anchor=ANCHOR, calls=calls,
+                    lowbit=None if lb is None else LOWBIT,
+                    targets=[(ANCHOR, 0.9), ("torch bf16", 3.0)],
+                )  # fmt: skip
+    print_model_report(report, notes, args, lowbit_note)
     return status
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import command_line, markdown_table, table_row
 
 import lowbit
 from lowbit.eval.bundled import minilm_path
@@ -115,10 +118,8 @@ def main() -> None:
     texts = text_chunks(evaluation_text(), args.chunks, words=32)
     ref = embed(model, tok, texts)
     calib = token_windows(tok, calibration_text(), samples=args.calib_samples, seq_len=128)
-    print(
-        "| preset | cosine mean | cosine min | top-10 agreement | bytes vs fp32 | "
-        "quantize s |\n|---|---|---|---|---|---|"
-    )
+    header = ["preset", "cosine mean", "cosine min", "top-10 agreement", "bytes vs fp32"]
+    print(markdown_table([*header, "quantize s"]))
     models = {}
     for preset in args.presets:
         start = time.perf_counter()
@@ -130,12 +131,9 @@ def main() -> None:
         q = lowbit.quantize(model, recipe, calib_data=calib if needs else None)
         seconds = time.perf_counter() - start
         fid = embedding_fidelity(ref, embed(q, tok, texts))
-        print(
-            f"| {preset} | {fid['cosine_mean']:.4f} | {fid['cosine_min']:.4f} | "
-            f"{fid['top10_agreement']:.3f} | {model_nbytes(q) / model_nbytes(model):.3f} | "
-            f"{seconds:.0f} |",
-            flush=True,
-        )
+        row = [preset, f"{fid['cosine_mean']:.4f}", f"{fid['cosine_min']:.4f}"]
+        row += [f"{fid['top10_agreement']:.3f}", f"{model_nbytes(q) / model_nbytes(model):.3f}"]
+        print(table_row([*row, f"{seconds:.0f}"]), flush=True)
         models[preset] = q
     batch = tok(
         texts[:32], padding="max_length", truncation=True, max_length=128, return_tensors="pt"
@@ -148,21 +146,18 @@ def main() -> None:
                 cases[f"lowbit {name}"] = partial(models[name], **batch)
         cases["ORT quantize_dynamic per-channel"] = ort_int8(model, batch, Path(tmp))
         samples = time_interleaved(cases, warmup=3, repeats=args.repeats)
-    print(
-        "\n| case (batch 32 x 128 tokens) | median ms | speed vs fp32 eager | "
-        "lowbit vs it |\n|---|---|---|---|"
-    )
+    rows = []
     for name, s in samples.items():
         med, lo, hi = median_ratio(samples["fp32 eager"], s)
         vs, vlo, vhi = median_ratio(s, samples["lowbit w8a8-dynamic"])
-        print(
-            f"| {name} | {1000 * sorted(s)[len(s) // 2]:.1f} | {med:.2f}x ({lo:.2f}–{hi:.2f})"
-            f" | {vs:.2f}x ({vlo:.2f}–{vhi:.2f}) |"
-        )
+        speed = [f"{med:.2f}x ({lo:.2f}–{hi:.2f})", f"{vs:.2f}x ({vlo:.2f}–{vhi:.2f})"]
+        rows.append([name, f"{1000 * sorted(s)[len(s) // 2]:.1f}", *speed])
+    header = ["case (batch 32 x 128 tokens)", "median ms", "speed vs fp32 eager", "lowbit vs it"]
+    print("\n" + markdown_table(header, rows))
     if args.profile:
         for name in ("fp32 eager", "lowbit w8a8-dynamic"):
             profile_ops(name, cases[name])
-    print(f"\ncommand: python {' '.join(sys.argv)}")
+    print(f"\ncommand: `{command_line()}`")
     print(
         f"{len(texts)} passages of 32 words from the evaluation split; calibration "
         f"{args.calib_samples} x 128 tokens; torch {torch.__version__}, 2 threads, "

@@ -23,12 +23,14 @@ import importlib.metadata
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_args, command_line, compare, print_table, to_json
+from _report import Report
+from harness import add_args, compare, format_table
 
 from lowbit.errors import require
 from lowbit.formats import PerAxis, PerGroup, choose_qparams, pack_codes, quantize
@@ -99,7 +101,7 @@ def main() -> None:
         ("int4 g32 packed, compiled vs Q4_0", "lowbit int4 compiled", "gguf Q4_0"),
         ("int4 naive torch (affine+pack) vs Q4_0", "naive int4", "gguf Q4_0"),
     ]
-    tables = {}
+    report = Report()
     for threads in args.threads:
         res = compare(
             cases,
@@ -110,23 +112,17 @@ def main() -> None:
             work=w.numel(),
         )
         title = f"{args.size}x{args.size} fp32, torch threads={threads} (gguf-py: numpy, 1 core)"
-        tables[title] = [res.row(*p, unit="Mparams/s") for p in pairs]
-    notes = {
+        rows = [res.row(*p, unit="Mparams/s") for p in pairs]
+        text = format_table(rows, command=report.command, title=title)
+        report.add(title, text, [asdict(r) for r in rows])
+    report.notes = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "gguf": importlib.metadata.version("gguf"),
         "first call incl. torch.compile (s)": f"int8 {compile_int8:.1f}, int4 {compile_int4:.1f}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    command = command_line()
-    if args.json:
-        print(to_json(tables, command=command, notes=notes))
-        return
-    for title, rows in tables.items():
-        print_table(rows, command=command, title=title)
-        print()
-    for k, v in notes.items():
-        print(f"{k}: {v}")
+    report.print(as_json=args.json)
 
 
 if __name__ == "__main__":

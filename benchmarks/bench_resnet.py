@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import tempfile
@@ -29,20 +28,19 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_args, command_line
+from _report import Report
+from harness import add_args
 from models import (
     ADD_SOURCE,
-    acceptance,
+    add_model_table,
     bench_cases,
-    environment_notes,
     export_onnx,
-    format_model_table,
     lowbit_quantize,
     make_resnet18,
     onnx_op_counts,
     ort_session,
+    print_model_report,
     quiet_deprecations,
-    table_rows,
     try_lowbit,
 )
 
@@ -134,8 +132,7 @@ def main() -> int:
     model_cl = copy.deepcopy(model).to(memory_format=CL)
     bf16_cl = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=CL)
 
-    command = command_line()
-    texts, tables, checks = [], {}, []
+    report = Report(checks=[])
     with tempfile.TemporaryDirectory() as tmp:
         onnx_fp32, onnx_q, notes = ort_models(model, calib, Path(tmp))
         xn = x.numpy()
@@ -159,13 +156,11 @@ def main() -> int:
                     warmup=args.warmup, repeats=args.repeats,
                 )  # fmt: skip
             title = f"ResNet-18-shaped CNN, batch {args.batch}x3x224x224, {threads} threads"
-            kw = {"fp32": "torch fp32", "anchor": ANCHOR, "calls": calls}
-            texts.append(format_model_table(res, cases, title=title, command=command, **kw))
-            tables[title] = table_rows(res, cases, **kw)
-            tables[title].append({"cpu": res.notes["cpu"]})
-            if lb is not None:
-                targets = [(ANCHOR, 0.9), (ORT_QDQ, 1.5)]
-                checks += acceptance(res, cases, LOWBIT, targets, title=title, min_sqnr=30.0)
+            add_model_table(
+                report, res, cases, title=title, anchor=ANCHOR, calls=calls,
+                lowbit=None if lb is None else LOWBIT,
+                targets=[(ANCHOR, 0.9), (ORT_QDQ, 1.5)], min_sqnr=30.0,
+            )  # fmt: skip
     notes.update(
         {
             "residual add": ADD_SOURCE,
@@ -173,18 +168,7 @@ def main() -> int:
             f"{args.batch}, timed on another batch",
         }
     )
-    notes.update(environment_notes(args.warmup, args.repeats))
-    if lowbit_note:
-        notes["lowbit"] = lowbit_note
-    if args.json:
-        out = {"command": command, "tables": tables, "acceptance": checks, "notes": notes}
-        print(json.dumps(out, indent=2))
-        return status
-    print("\n\n".join(texts), end="\n\n")
-    for line in checks:
-        print(line)
-    for k, v in notes.items():
-        print(f"{k}: {v}")
+    print_model_report(report, notes, args, lowbit_note)
     return status
 
 

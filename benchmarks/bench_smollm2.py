@@ -24,6 +24,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _report import command_line, markdown_table
+
 import lowbit
 from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.eval.calibration import token_windows
@@ -125,21 +127,18 @@ def main() -> None:
             row["decode_tps"] = tps[key]
             row["decode_vs_fp32"] = median_ratio(samples["fp32"], samples[key])
     base = rows[0]["ppl"]
-    print(
-        "\n| preset | perplexity | vs fp32 | bits/weight (file) | file MB | quantize s | "
-        "decode tok/s (vs fp32) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    cells = []
     for r in rows:
         dec = ""
         if "decode_tps" in r:
             med, lo, hi = r["decode_vs_fp32"]
             dec = f"{r['decode_tps']:.1f} ({med:.2f}x, {lo:.2f}–{hi:.2f})"
-        print(
-            f"| {r['preset']} | {r['ppl']:.3f} | {100 * (r['ppl'] / base - 1):+.1f}% | "
-            f"{r['bpw']:.2f} | {r['file_mb']:.1f} | {r['quantize_s']:.0f} | {dec} |"
-        )
-    print(f"\ncommand: python {' '.join(sys.argv)}")
+        quality = [r["preset"], f"{r['ppl']:.3f}", f"{100 * (r['ppl'] / base - 1):+.1f}%"]
+        size = [f"{r['bpw']:.2f}", f"{r['file_mb']:.1f}", f"{r['quantize_s']:.0f}"]
+        cells.append([*quality, *size, dec])
+    header = ["preset", "perplexity", "vs fp32", "bits/weight (file)", "file MB", "quantize s"]
+    print("\n" + markdown_table([*header, "decode tok/s (vs fp32)"], cells))
+    print(f"\ncommand: `{command_line()}`")
     print(
         f"eval: first {args.max_tokens} tokens of the evaluation split, ctx 512, stride 512; "
         f"calibration: {args.calib_samples} x {args.seq_len} tokens of the calibration split"

@@ -10,21 +10,20 @@ Typical use::
     res = compare({"lowbit": f, "gguf": g}, baseline="gguf", warmup=3, repeats=15,
                   work=n_params)
     rows = [res.row("int8", "lowbit", "gguf", unit="Mparams/s")]
-    print_table(rows, command=command_line())   # or to_json({...}) with --json
+    report.add(title, format_table(rows, command=report.command, title=title),
+               [asdict(r) for r in rows])       # _report.Report: tables or --json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
+from _report import markdown_table
 
 
 @dataclass
@@ -163,27 +162,19 @@ def compare(
     return Comparison(results, baseline, threads, warmup, repeats)
 
 
-def command_line() -> str:
-    """The exact command that ran this script, for pasting under a table."""
-    return " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv])
-
-
 def format_table(rows: Sequence[Row], *, command: str, title: str = "") -> str:
     """Markdown table: case | lowbit | anchor | ratio (median, min-max) | + the command."""
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| case | lowbit | anchor | ratio (median, min–max) |", "| --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(
-            f"| {r.case} | {r.lowbit} ({r.lowbit_name}) | {r.anchor} ({r.anchor_name}) | "
-            f"{r.ratio_median:.2f}x ({r.ratio_min:.2f}–{r.ratio_max:.2f}) |"
-        )
-    lines += ["", f"command: `{command}`"]
-    return "\n".join(lines)
-
-
-def print_table(rows: Sequence[Row], *, command: str, title: str = "") -> None:
-    """Print ``format_table`` to stdout."""
-    print(format_table(rows, command=command, title=title))
+    cells = [
+        [
+            r.case,
+            f"{r.lowbit} ({r.lowbit_name})",
+            f"{r.anchor} ({r.anchor_name})",
+            f"{r.ratio_median:.2f}x ({r.ratio_min:.2f}–{r.ratio_max:.2f})",
+        ]
+        for r in rows
+    ]
+    header = ["case", "lowbit", "anchor", "ratio (median, min–max)"]
+    return markdown_table(header, cells, title=title, footer=[f"command: `{command}`"])
 
 
 def add_args(parser: argparse.ArgumentParser, *, warmup: int = 3, repeats: int = 15) -> None:
@@ -194,15 +185,3 @@ def add_args(parser: argparse.ArgumentParser, *, warmup: int = 3, repeats: int =
         "--threads", type=int, nargs="+", default=[2], help="torch threads; one table per value"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-
-
-def to_json(tables: dict[str, Sequence[Row]], *, command: str, notes: dict | None = None) -> str:
-    """JSON for scripts: {"command", "tables": {title: [row...]}, "notes"}."""
-    return json.dumps(
-        {
-            "command": command,
-            "tables": {t: [asdict(r) for r in rows] for t, rows in tables.items()},
-            "notes": notes or {},
-        },
-        indent=2,
-    )

@@ -12,8 +12,9 @@ accuracy claims. The SQNR column only says how far a quantized model's output mo
 
 Also: ``quiet_deprecations`` (local filters for torch.ao / quint8 warnings),
 ``lowbit_quantize`` (the lowbit entry point or the reason it is missing), ONNX export and
-ONNX Runtime sessions, and ``format_model_table`` (case | ms | vs torch fp32 | vs anchor |
-SQNR). Timing itself is ``harness.compare``.
+ONNX Runtime sessions, and ``format_model_table`` / ``add_model_table`` (case | ms | vs
+torch fp32 | vs anchor | SQNR, into a ``_report.Report``). Timing itself is
+``harness.compare``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import Report, markdown_table
 from harness import Comparison, compare
 from torch import nn
 
@@ -381,19 +383,39 @@ def format_model_table(
     ms = median sample / calls. Speeds are per-round ratios (other case's time / this case's
     time, > 1 = faster) as median (min–max).
     """
-    lines = [
-        f"### {title}",
-        "",
-        f"| case | ms | speed vs {fp32} | vs {anchor} (anchor) | SQNR dB vs fp32 |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    header = ["case", "ms", f"speed vs {fp32}", f"vs {anchor} (anchor)", "SQNR dB vs fp32"]
+    cells = []
     for row in table_rows(res, cases, fp32=fp32, anchor=anchor, calls=calls):
         cols = [f"{m:.2f}x ({lo:.2f}–{hi:.2f})" for m, lo, hi in (row["vs_fp32"], row["vs_anchor"])]
         sq = "ref" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
-        lines.append(f"| {row['case']} | {row['ms']:.3g} | {cols[0]} | {cols[1]} | {sq} |")
-    lines += ["", f"command: `{command}`"]
-    lines += [f"{k}: {v}" for k, v in res.notes.items()]
-    return "\n".join(lines)
+        cells.append([row["case"], f"{row['ms']:.3g}", *cols, sq])
+    footer = [f"command: `{command}`", *(f"{k}: {v}" for k, v in res.notes.items())]
+    return markdown_table(header, cells, title=title, footer=footer)
+
+
+def add_model_table(
+    report: Report,
+    res: Comparison,
+    cases: Sequence[ModelCase],
+    *,
+    title: str,
+    anchor: str,
+    calls: int,
+    lowbit: str | None = None,
+    targets: Sequence[tuple[str, float]] = (),
+    min_sqnr: float | None = None,
+    fp32: str = "torch fp32",
+) -> None:
+    """Add one model table to ``report`` (markdown, JSON rows with the cpu note) and, when
+    the ``lowbit`` case ran, its PASS/FAIL ``acceptance`` lines to ``report.checks``."""
+    kw = {"fp32": fp32, "anchor": anchor, "calls": calls}
+    rows: list = table_rows(res, cases, **kw)
+    rows.append({"cpu": res.notes["cpu"]})
+    report.add(
+        title, format_model_table(res, cases, title=title, command=report.command, **kw), rows
+    )
+    if lowbit is not None and report.checks is not None:
+        report.checks += acceptance(res, cases, lowbit, targets, title=title, min_sqnr=min_sqnr)
 
 
 def table_rows(
@@ -450,3 +472,14 @@ def environment_notes(warmup: int, repeats: int) -> dict[str, str]:
         "load average 1/5/15 min at the end": load,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def print_model_report(
+    report: Report, notes: dict[str, str], args, lowbit_note: str | None
+) -> None:
+    """The end of the model benchmarks: ``notes`` (exporter, data...), then the environment
+    (``environment_notes``) and the lowbit note, then tables or JSON (``args.json``)."""
+    report.notes = {**notes, **environment_notes(args.warmup, args.repeats)}
+    if lowbit_note:
+        report.notes["lowbit"] = lowbit_note
+    report.print(as_json=args.json)
