@@ -7,6 +7,7 @@ import json
 import torch
 from torch import nn
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
 from lowbit.kernels import REFERENCE_NAME
@@ -17,7 +18,7 @@ from lowbit.tensors import IntPackedTensor
 def _table(granularity=PerAxis(0), bits=8) -> tuple[nn.Embedding, IntPackedTensor]:
     torch.manual_seed(0)
     emb = nn.Embedding(50, 12)
-    return emb, IntPackedTensor.quantize(emb.weight.detach(), IntType(bits, True), granularity)
+    return emb, rtn_tensor(emb.weight.detach(), IntType(bits, True), granularity)
 
 
 def test_int8_rows_equal_the_dequantized_table() -> None:
