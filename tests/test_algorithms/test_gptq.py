@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.algorithms import gptq_quantize, rtn_quantize
+from lowbit.algorithms import gptq_quantize, rtn_quantize, weight_granularity
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.eval.bundled import minilm_path
 from lowbit.formats.affine import dequantize
@@ -79,7 +79,7 @@ def test_diagonal_hessian_gives_round_to_nearest(group_size: int | None, extra: 
     opts = {"qtype": INT4, **extra}
     codes, qp = gptq_quantize(w, hessian, group_size=group_size, **opts)
     rtn_opts = {k: v for k, v in opts.items() if k in ("qtype", "symmetric", "form")}
-    ref_codes, ref_qp = rtn_quantize(w, group_size=group_size, **rtn_opts)
+    ref_codes, ref_qp = rtn_quantize(w, granularity=weight_granularity(group_size), **rtn_opts)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(qp.scale, ref_qp.scale) and qp.granularity == ref_qp.granularity
     for name in ("zero_point", "offset"):
@@ -133,7 +133,7 @@ def test_deterministic_and_inputs_untouched() -> None:
 def test_beats_rtn_on_synthetic_correlated_inputs_in_float32_and_float64() -> None:
     w = torch.randn(32, 128)
     x, hessian = _correlated(32, 128)
-    rtn = _out_err(x, w, dequantize(*rtn_quantize(w, qtype=INT3, group_size=32)))
+    rtn = _out_err(x, w, dequantize(*rtn_quantize(w, INT3, PerGroup(32))))
     for h in (hessian, hessian.float()):
         err = _out_err(x, w, dequantize(*gptq_quantize(w, h, qtype=INT3, group_size=32)))
         assert err < 0.9 * rtn, f"GPTQ/RTN output error {err / rtn:.3f}"
@@ -251,7 +251,7 @@ def test_beats_rtn_on_minilm_layers(minilm: dict, bits: int, mode: str) -> None:
     ratios = {}
     for name, (w, hessian, _, held) in minilm.items():
         gptq = dequantize(*gptq_quantize(w, hessian, group_size=128, **opts))
-        rtn = dequantize(*rtn_quantize(w, group_size=128, **rtn_opts))
+        rtn = dequantize(*rtn_quantize(w, granularity=PerGroup(128), **rtn_opts))
         ratios[name.split("layer.0.")[1]] = _out_err(held, w, gptq) / _out_err(held, w, rtn)
     summary = ", ".join(f"{n}: {r:.3f}" for n, r in ratios.items())
     print(f"int{bits} g128 {mode}: GPTQ/RTN held-out output error {summary}")

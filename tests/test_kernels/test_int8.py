@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.formats.affine import QParams
 from lowbit.formats.sqnr import sqnr_db
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
@@ -143,11 +144,10 @@ def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool, zero_po
     from lowbit.formats.qtypes import IntType
     from lowbit.kernels import REFERENCE_NAME
     from lowbit.nn import QuantLinear
-    from lowbit.tensors import IntPackedTensor
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 24)
-    weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(linear.weight.detach(), IntType(8, True), PerAxis(0))
     kw = dict(mode="dynamic", per_token=True, token_zero_point=zero_point, relu=relu)
     fast = QuantLinear.from_float(linear, weight, **kw)
     ref = QuantLinear.from_float(linear, weight, **kw, kernel=REFERENCE_NAME)
@@ -168,11 +168,10 @@ def test_per_token_c_loops_and_torch_fallback_give_the_same_output(
     from lowbit.formats.qtypes import IntType
     from lowbit.kernels import native
     from lowbit.nn import QuantLinear
-    from lowbit.tensors import IntPackedTensor
 
     torch.manual_seed(3)
     linear = torch.nn.Linear(96, 40)
-    weight = IntPackedTensor.quantize(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(linear.weight.detach(), IntType(8, True), PerAxis(0))
     layer = QuantLinear.from_float(
         linear, weight, mode="dynamic", per_token=True, token_zero_point=zero_point
     )

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidSpecError
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import BINARY, FP8_E4M3, NF4, TERNARY, IntType
@@ -22,7 +23,7 @@ from lowbit.kernels import (
     explain_choice,
     select_kernel,
 )
-from lowbit.tensors import CodebookPackedTensor, Float8Tensor, IntPackedTensor, LevelsPackedTensor
+from lowbit.tensors import CodebookPackedTensor, Float8Tensor, LevelsPackedTensor
 from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 QP = activation_qparams(0.05, 128)
@@ -41,9 +42,7 @@ REFERENCE_ONLY = {
     "binary": lambda: LevelsPackedTensor.quantize(torch.randn(32, 64), BINARY, PerAxis(0)),
     "ternary": lambda: LevelsPackedTensor.quantize(torch.randn(32, 64), TERNARY),
     "fp8": lambda: Float8Tensor.quantize(torch.randn(32, 64), FP8_E4M3),
-    "int8-per-group": lambda: IntPackedTensor.quantize(
-        torch.randn(32, 64), IntType(8, True), PerGroup(32)
-    ),
+    "int8-per-group": lambda: rtn_tensor(torch.randn(32, 64), IntType(8, True), PerGroup(32)),
 }
 
 
@@ -75,7 +74,7 @@ def test_priorities_pick_the_fast_kernel_per_mode() -> None:
 
 
 def test_considered_lists_every_entry_of_the_op_with_reasons() -> None:
-    w = IntPackedTensor.quantize(torch.randn(20, 64), IntType(4, True), PerGroup(32))
+    w = rtn_tensor(torch.randn(20, 64), IntType(4, True), PerGroup(32))
     entry, considered = select_kernel("linear", w, "weight_only")
     assert entry.name == REFERENCE_NAME
     assert {c.name for c in considered} == {e.name for e in DEFAULT_REGISTRY.for_op("linear")}
@@ -167,13 +166,13 @@ def test_quantized_paths_run_under_warnings_as_errors() -> None:
     code = (
         "import torch; from lowbit.nn import QuantLinear, QuantConv2d;"
         "from lowbit.kernels import activation_qparams as a;"
-        "from lowbit.tensors import IntPackedTensor as T;"
+        "from lowbit.algorithms import rtn_tensor as T;"
         "from lowbit.formats.granularity import PerAxis; from lowbit.formats.qtypes import IntType;"
-        "w = T.quantize(torch.randn(8, 16), IntType(8, True), PerAxis(0));"
+        "w = T(torch.randn(8, 16), IntType(8, True), PerAxis(0));"
         "QuantLinear(w, mode='dynamic')(torch.randn(2, 16));"
         "QuantLinear(w, mode='static', input_qparams=a(.05, 128), output_qparams=a(.05, 128),"
         " keep_quantized_output=True)(torch.randn(2, 16)).dequantize();"
-        "c = T.quantize(torch.randn(4, 2, 3, 3), IntType(8, True), PerAxis(0));"
+        "c = T(torch.randn(4, 2, 3, 3), IntType(8, True), PerAxis(0));"
         "QuantConv2d(c, mode='static', input_qparams=a(.05, 128),"
         " output_qparams=a(.05, 128))(torch.randn(1, 2, 5, 5))"
     )

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidSpecError
 from lowbit.formats.sqnr import sqnr_db
 from lowbit.kernels import REFERENCE_NAME
@@ -146,10 +147,9 @@ def test_keep_quantized_output_can_be_switched_after_construction() -> None:
     from lowbit.formats.qtypes import IntType
     from lowbit.kernels import activation_qparams
     from lowbit.nn import QuantConv2d
-    from lowbit.tensors import IntPackedTensor
 
     conv = torch.nn.Conv2d(3, 4, 3)
-    weight = IntPackedTensor.quantize(conv.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(conv.weight.detach(), IntType(8, True), PerAxis(0))
     qp = activation_qparams(0.05, 128)
     module = QuantConv2d.from_float(
         conv, weight, mode="static", input_qparams=qp, output_qparams=qp

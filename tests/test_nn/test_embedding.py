@@ -7,6 +7,7 @@ import json
 import torch
 from torch import nn
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
 from lowbit.kernels import REFERENCE_NAME
@@ -17,7 +18,7 @@ from lowbit.tensors import IntPackedTensor
 def _table(granularity=PerAxis(0), bits=8) -> tuple[nn.Embedding, IntPackedTensor]:
     torch.manual_seed(0)
     emb = nn.Embedding(50, 12)
-    return emb, IntPackedTensor.quantize(emb.weight.detach(), IntType(bits, True), granularity)
+    return emb, rtn_tensor(emb.weight.detach(), IntType(bits, True), granularity)
 
 
 def test_int8_rows_equal_the_dequantized_table() -> None:
@@ -46,7 +47,7 @@ def test_padding_idx_survives_the_state_round_trip() -> None:
     """Issue 12: from_state dropped padding_idx."""
     torch.manual_seed(0)
     emb = nn.Embedding(20, 8, padding_idx=3)
-    weight = IntPackedTensor.quantize(emb.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(emb.weight.detach(), IntType(8, True), PerAxis(0))
     tensors, meta = QuantEmbedding.from_float(emb, weight).to_state()
     assert QuantEmbedding.from_state(tensors, json.loads(json.dumps(meta))).padding_idx == 3
     del meta["padding_idx"]  # a state written before padding_idx was saved: the default

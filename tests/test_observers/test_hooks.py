@@ -81,3 +81,16 @@ def test_errors() -> None:
         ObserverHook(nn.Identity(), MinMaxObserver(), on="weights")  # type: ignore[arg-type]
     with pytest.raises(InvalidSpecError, match="by name"):
         observe_module(nn.Identity(), MinMaxObserver(), percentile=99.0)
+
+
+def test_input_hook_observes_a_later_positional_input() -> None:
+    """``arg=1`` feeds the second input (lowbit.nn.Add's "other" slot in static PTQ)."""
+    from lowbit.nn import Add
+
+    add = Add()
+    a, b = torch.randn(3, 4), torch.randn(3, 4) * 10
+    with ObserverHook(add, MinMaxObserver(), on="input", arg=1) as obs:
+        add(a, b)
+    assert float(obs.min_val) == float(b.min()) and float(obs.max_val) == float(b.max())
+    with pytest.raises(InvalidSpecError, match="arg"):
+        ObserverHook(add, MinMaxObserver(), on="input", arg=-1)

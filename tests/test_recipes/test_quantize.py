@@ -213,3 +213,20 @@ def test_embedding_formats_are_checked_when_the_recipe_is_built() -> None:
         with pytest.raises(InvalidSpecError, match=r"not an embedding format.*'float'"):
             get_recipe("w4a16-g128").with_embeddings(bad)
     assert get_recipe("w4a16-g128").with_embeddings("int4").embeddings == "int4"
+
+
+def test_quantize_plans_once_even_after_fusion(monkeypatch) -> None:
+    """Fusing keeps every planned name (a fused pair sits at its producer's name), so the
+    plan made before fusing is the one used: ``_plan`` runs once per ``quantize``."""
+    import importlib
+
+    q = importlib.import_module("lowbit.recipes.quantize")  # the module, not the function
+    calls = []
+    real = q._plan
+    monkeypatch.setattr(q, "_plan", lambda *a: calls.append(1) or real(*a))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowbitWarning)  # few samples: fine for this check
+        q.quantize(model, "int8-static", calib_data=[torch.randn(2, 3, 8, 8) for _ in range(3)])
+    assert len(calls) == 1

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import IntType
@@ -15,7 +16,6 @@ from lowbit.tensors import (
     CodebookPackedTensor,
     Float8Tensor,
     FloatCastTensor,
-    IntPackedTensor,
     LevelsPackedTensor,
     granularity_from_dict,
     granularity_to_dict,
@@ -24,7 +24,7 @@ from lowbit.tensors import (
 
 W = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
 ALL = [
-    IntPackedTensor.quantize(W, IntType(4, False), PerGroup(8), symmetric=False),
+    rtn_tensor(W, IntType(4, False), PerGroup(8), symmetric=False),
     Float8Tensor.quantize(W),
     FloatCastTensor.quantize(W),
     CodebookPackedTensor.quantize(W),

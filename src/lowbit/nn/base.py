@@ -94,7 +94,7 @@ class KernelModule(nn.Module):
         if weight is not None and not isinstance(weight, QTensor):
             raise InvalidInputError(
                 f"weight must be a lowbit QTensor, got {type(weight).__name__}; quantize it "
-                "first (e.g. IntPackedTensor.quantize)"
+                "first (e.g. lowbit.algorithms.rtn_tensor)"
             )
         if bias is not None:
             bias = bias.detach().to(torch.float32).clone()

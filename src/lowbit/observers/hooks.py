@@ -36,18 +36,26 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
 
 class ObserverHook:
     """A forward hook that feeds ``observer`` with the first tensor of ``module``'s
-    positional inputs (``on="input"``, a forward pre-hook) or of its output.
+    positional inputs from number ``arg`` on (``on="input"``, a forward pre-hook; ``arg=1``
+    observes the second input of a two-input module such as ``lowbit.nn.Add``) or of its
+    output. It is the one calibration hook: ``lowbit.recipes`` observes static PTQ, GPTQ,
+    AWQ and SmoothQuant inputs through it.
 
     Use as a context manager (``with ObserverHook(layer, obs) as obs: model(x)``), which
     removes the hook on exit even after an error, or call ``attach()``/``detach()``.
     """
 
-    def __init__(self, module: nn.Module, observer: Observer, *, on: Target = "output") -> None:
+    def __init__(
+        self, module: nn.Module, observer: Observer, *, on: Target = "output", arg: int = 0
+    ) -> None:
         if on not in ("input", "output"):
             raise InvalidSpecError(f"on must be 'input' or 'output', got {on!r}")
+        if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0:
+            raise InvalidSpecError(f"arg must be an input number >= 0, got {arg!r}")
         self.module = module
         self.observer = observer
         self.on = on
+        self.arg = arg
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     @property
@@ -64,7 +72,7 @@ class ObserverHook:
         self.observer.observe(tensor)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._feed(args if args else kwargs)
+        self._feed(args[self.arg :] if args else kwargs)
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._feed(output)

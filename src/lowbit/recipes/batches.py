@@ -3,6 +3,7 @@ input), a tuple/list (positional inputs) or a dict (keyword inputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import InvalidInputError, LowbitWarning
+from lowbit.observers.hooks import ObserverHook
+from lowbit.progress import track
 
 RECOMMENDED_SAMPLES = 100  # below this, ranges are noisy; 1000-2000 is the usual advice
 
@@ -38,6 +41,21 @@ def run_batch(model: nn.Module, batch: Any, index: int = 0) -> Any:
             "calib_data must yield inputs the model accepts: a tensor, a tuple of positional "
             "inputs or a dict of keyword inputs (for (x, y) loaders pass (x for x, _ in loader))"
         ) from exc
+
+
+def observe_batches(
+    model: nn.Module, hooks: Iterable[ObserverHook], batches: list[Any], label: str | None = None
+) -> None:
+    """The one calibration loop (static PTQ, GPTQ, AWQ, SmoothQuant): run every batch through
+    ``model`` without gradients while the observer ``hooks`` are attached; they are removed
+    afterwards, also after an error. ``label`` shows progress."""
+    with contextlib.ExitStack() as stack:
+        for hook in hooks:
+            stack.enter_context(hook)
+        shown = track(batches, label, total=len(batches)) if label else batches
+        with torch.no_grad():
+            for i, batch in enumerate(shown):
+                run_batch(model, batch, i)
 
 
 def describe_batch(batch: Any) -> str:

@@ -12,7 +12,8 @@ from torch import nn
 
 from lowbit.errors import InvalidSpecError
 from lowbit.nn import QuantLinear
-from lowbit.recipes.batches import Call, run_batch
+from lowbit.observers.hooks import ObserverHook
+from lowbit.recipes.batches import Call, observe_batches
 from lowbit.recipes.blocks import calibrate_blocks
 from lowbit.recipes.fuse import set_module
 from lowbit.recipes.spec import QuantSpec
@@ -70,17 +71,8 @@ def _collect(
 ) -> dict[str, Any]:
     """Run the block on every cached input with an observer on each Linear's input."""
     observers = {name: make(module) for name, module in linears.items()}
-    handles = [
-        module.register_forward_pre_hook(lambda m, args, o=observers[name]: o.observe(args[0]))
-        for name, module in linears.items()
-    ]
-    try:
-        with torch.no_grad():
-            for call in inputs:
-                run_batch(block, call)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [ObserverHook(m, observers[n], on="input") for n, m in linears.items()]
+    observe_batches(block, hooks, inputs)
     return observers
 
 

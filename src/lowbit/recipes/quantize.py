@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams
@@ -22,9 +21,10 @@ from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
 from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.observers.base import Observer
+from lowbit.observers.hooks import ObserverHook
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
-from lowbit.recipes.batches import collect_batches, run_batch
+from lowbit.recipes.batches import collect_batches, observe_batches, run_batch
 from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
 from lowbit.recipes.layers import (
     float_layers,
@@ -56,6 +56,12 @@ QUANT_TRANSPARENT_FUNCTIONS = frozenset(
     {"flatten", "view", "reshape", "relu", "max_pool2d", "adaptive_avg_pool2d", "contiguous"}
 )
 FUSION_TOLERANCE = 1e-4
+# What each observed slot of a module is, as ObserverHook arguments ("other": Add's 2nd input).
+_SLOTS: dict[str, dict[str, Any]] = {
+    "input": {"on": "input"},
+    "other": {"on": "input", "arg": 1},
+    "output": {"on": "output"},
+}
 
 
 @dataclass(frozen=True)
@@ -132,13 +138,6 @@ def _fuse(model: nn.Module, example: Any) -> None:
     log.info("fused %d groups: %s", len(groups), groups)
 
 
-def _observe(module: nn.Module, observer: Observer, slot: int | None) -> RemovableHandle:
-    """Feed ``observer`` the module's input number ``slot``, or its output when None."""
-    if slot is None:
-        return module.register_forward_hook(lambda m, args, out: observer.observe(out))
-    return module.register_forward_pre_hook(lambda m, args: observer.observe(args[slot]))
-
-
 def _calibrate(
     model: nn.Module, plan: list[PlanEntry], batches: list[Any], model_outputs: set[str]
 ) -> dict[str, dict[str, QParams]]:
@@ -148,7 +147,6 @@ def _calibrate(
     Layers whose output is the model's output (logits) are observed with min/max whatever
     the recipe's observer: clipping the largest logits changes the model's decisions."""
     static = [e for e in plan if e.spec.activation.mode == "static"]
-    slots = {"input": 0, "other": 1, "output": None}
     observers: dict[str, dict[str, Observer]] = {}
     for entry in static:
         a = entry.spec.activation
@@ -162,20 +160,14 @@ def _calibrate(
     for name, module in model.named_modules():
         if isinstance(module, Add):
             observers[name] = {
-                k: make_observer(a.observer, **dict(a.observer_options)) for k in slots
+                k: make_observer(a.observer, **dict(a.observer_options)) for k in _SLOTS
             }
-    handles = [
-        _observe(model.get_submodule(name), obs, slots[slot])
+    hooks = [
+        ObserverHook(model.get_submodule(name), obs, **_SLOTS[slot])
         for name, per_slot in observers.items()
         for slot, obs in per_slot.items()
     ]
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(track(batches, "calibrating", total=len(batches))):
-                run_batch(model, batch, i)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_batches(model, hooks, batches, "calibrating")
     return {
         name: {
             slot: obs.qparams(ACTIVATION_QTYPE, symmetric=False, form="zero_point")
@@ -312,8 +304,7 @@ def quantize(
     if static or calib_data is not None:
         batches = collect_batches(calib_data, warn=static)
         if fuse:
-            _fuse(qmodel, batches[0])
-            plan = _plan(qmodel, recipe)
+            _fuse(qmodel, batches[0])  # the plan stays valid: a fused pair keeps its name
     if static:
         outputs = trace_flow(qmodel, batches[0]).output_is_model_output
         model_outputs = {e.name for e in plan if {e.name, f"{e.name}.1"} & outputs}

@@ -1,5 +1,5 @@
-"""Turn a float weight into the QTensor its WeightSpec asks for (the arithmetic is formats',
-the storage tensors')."""
+"""Turn a float weight into the QTensor its WeightSpec asks for: integer formats through the
+one RTN (``lowbit.algorithms.rtn``), the others through their containers' casts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from lowbit.algorithms.rtn import rtn_tensor
 from lowbit.errors import InvalidSpecError
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import CodebookType, FloatType, IntType, LevelsType, get_qtype
@@ -14,7 +15,6 @@ from lowbit.recipes.spec import WeightSpec
 from lowbit.tensors import (
     CodebookPackedTensor,
     Float8Tensor,
-    IntPackedTensor,
     LevelsPackedTensor,
 )
 from lowbit.tensors.base import QTensor
@@ -48,7 +48,7 @@ def quantize_weight(weight: torch.Tensor, spec: WeightSpec, *, clip: Any = None)
         granularity = PerAxis(0)
     if isinstance(qtype, IntType):
         qtype = IntType(qtype.bits, spec.symmetric)
-        return IntPackedTensor.quantize(
+        return rtn_tensor(
             w,
             qtype,
             granularity,

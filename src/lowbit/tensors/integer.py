@@ -8,7 +8,6 @@ formats.affine's; this class only stores its results.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -16,15 +15,10 @@ import torch
 
 from lowbit.errors import InvalidInputError, InvalidSpecError, UnsupportedFormatError
 from lowbit.formats.affine import (
-    AsymmetricForm,
-    ClipRange,
     QParams,
-    Rounding,
-    choose_qparams,
     dequantize,
-    quantize,
 )
-from lowbit.formats.granularity import Granularity, PerTensor, param_shape
+from lowbit.formats.granularity import Granularity, param_shape
 from lowbit.formats.packing import pack_codes, unpack_codes
 from lowbit.formats.qtypes import IntType
 from lowbit.tensors.base import (
@@ -41,7 +35,6 @@ from lowbit.tensors.base import (
     widen,
 )
 
-INT4 = IntType(4, True)
 _FORMS = ("symmetric", "zero_point", "offset")
 
 
@@ -63,7 +56,8 @@ class IntPackedTensor(QTensor):
         zero_point: torch.Tensor | None = None,
         offset: torch.Tensor | None = None,
     ) -> None:
-        """Wrap stored tensors as they are; use ``quantize`` or ``from_codes`` to build one."""
+        """Wrap stored tensors as they are; ``from_codes`` builds one from codes and QParams
+        (``lowbit.algorithms.rtn_tensor`` rounds a float tensor to one)."""
         if zero_point is not None and offset is not None:
             raise InvalidSpecError("give a zero point or an offset, not both")
         if not qtype.qmin <= qmin <= qmax <= qtype.qmax:
@@ -82,40 +76,10 @@ class IntPackedTensor(QTensor):
         self.qtype, self.granularity, self.qmin, self.qmax = qtype, granularity, qmin, qmax
 
     @classmethod
-    def quantize(
-        cls,
-        w: torch.Tensor,
-        qtype: IntType = INT4,
-        granularity: Granularity = PerTensor(),
-        *,
-        symmetric: bool = True,
-        restricted: bool = True,
-        form: AsymmetricForm = "offset",
-        clip: ClipRange | None = None,
-        rounding: Rounding = "half_even",
-        scale_dtype: torch.dtype = torch.float32,
-    ) -> IntPackedTensor:
-        """Round-to-nearest quantization of ``w`` (options as in formats.affine).
-
-        Scales (and offsets) are rounded to ``scale_dtype`` before the codes are computed, so
-        the codes match the stored parameters; with float32 the result dequantizes exactly
-        to ``fake_quantize(w, choose_qparams(w, ...))``.
-        """
-        qp = choose_qparams(
-            w, qtype, granularity, symmetric=symmetric, restricted=restricted, form=form, clip=clip
-        )
-        scale = widen(to_storage(qp.scale, scale_dtype, name="scale", nonzero=True))
-        offset = qp.offset
-        if offset is not None:
-            offset = widen(to_storage(offset, scale_dtype, name="offset"))
-        qp = dataclasses.replace(qp, scale=scale, offset=offset)
-        return cls.from_codes(quantize(w, qp, rounding=rounding), qp, scale_dtype=scale_dtype)
-
-    @classmethod
     def from_codes(
         cls, codes: torch.Tensor, qparams: QParams, *, scale_dtype: torch.dtype = torch.float32
     ) -> IntPackedTensor:
-        """Pack integer codes computed elsewhere (GPTQ, HQQ, ...) with their QParams.
+        """Pack integer codes computed by an algorithm (RTN, GPTQ, ...) with their QParams.
 
         Args:
             codes: integer tensor of the weight's shape, values in [qparams.qmin, qparams.qmax].
