@@ -50,7 +50,7 @@ from lowbit.export.manifest import (
     verify_files,
 )
 from lowbit.nn import cast_model
-from lowbit.recipes.fuse import set_module
+from lowbit.nn.replace import set_module
 from lowbit.tensors.base import storage_key
 
 

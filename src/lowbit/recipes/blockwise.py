@@ -12,9 +12,9 @@ from torch import nn
 
 from lowbit.errors import InvalidSpecError
 from lowbit.nn import QuantLinear
+from lowbit.nn.replace import set_module
 from lowbit.recipes.batches import Call, run_batch
 from lowbit.recipes.blocks import calibrate_blocks
-from lowbit.recipes.fuse import set_module
 from lowbit.recipes.spec import QuantSpec
 from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight

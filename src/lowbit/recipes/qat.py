@@ -17,7 +17,8 @@ from lowbit.formats.affine import quantize as quantize_codes
 from lowbit.formats.qtypes import get_qtype
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.nn.qat import QATConv2d, QATLinear
-from lowbit.recipes.fuse import fused_parts, set_module
+from lowbit.nn.replace import set_module
+from lowbit.recipes.fuse import fused_parts
 from lowbit.recipes.layers import split_attention
 from lowbit.recipes.presets import get_recipe
 from lowbit.recipes.quantize import _fuse, _keep_int8_between_layers, _no_layer_error, _plan

@@ -21,11 +21,12 @@ from lowbit.formats.affine import QParams
 from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
 from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
+from lowbit.nn.replace import set_module
 from lowbit.observers.base import Observer
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, run_batch
-from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
+from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts
 from lowbit.recipes.layers import (
     float_layers,
     reads_child_weights,
