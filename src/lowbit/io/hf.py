@@ -29,7 +29,7 @@ from torch import nn
 
 from lowbit.atomic import recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
-from lowbit.export.inspect import _folder_safetensors, read_gguf_header, read_safetensors_header
+from lowbit.io.inspect import _folder_safetensors, read_gguf_header, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
 def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
     """A folder written by ``lowbit quantize`` / ``lowbit.save`` of a transformers model (its
     tokenizer saved beside it)."""
-    from lowbit.export.manifest import read_manifest
-    from lowbit.export.save import load
+    from lowbit.io.manifest import read_manifest
+    from lowbit.io.save import load
 
     architecture = read_manifest(folder).get("transformers")
     if architecture is None:
