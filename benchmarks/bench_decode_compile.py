@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lowbit
 from lowbit.eval.bundled import smollm2_gguf_path
-from lowbit.export.hf import load_model
+from lowbit.io.hf import load_model
 
 NEW_TOKENS = 32
 

@@ -31,7 +31,7 @@ from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.latency import median_ratio, time_interleaved
 from lowbit.eval.size import model_nbytes
 from lowbit.eval.text import calibration_text, evaluation_text, text_chunks
-from lowbit.export.hf import load_model
+from lowbit.io.hf import load_model
 
 PRESETS = [
     "w8a8-dynamic",

@@ -32,7 +32,7 @@ from lowbit.eval.calibration import token_windows
 from lowbit.eval.latency import median_ratio, time_interleaved
 from lowbit.eval.perplexity import perplexity
 from lowbit.eval.text import calibration_text, evaluation_text
-from lowbit.export.hf import load_model
+from lowbit.io.hf import load_model
 
 PRESETS = [
     "w8a16",

@@ -14,7 +14,7 @@ import lowbit
 from lowbit.eval import bundled, embed, embedding_fidelity, evaluation_text, perplexity, text_chunks
 from lowbit.eval.calibration import token_windows
 from lowbit.eval.text import calibration_text
-from lowbit.export import load_model
+from lowbit.io import load_model
 from lowbit.recipes import get_recipe
 
 minilm_path = sys.argv[1] if len(sys.argv) > 1 else bundled.minilm_path()

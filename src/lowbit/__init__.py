@@ -23,8 +23,8 @@ _LAZY = {
     "convert": "lowbit.recipes",
     "Recipe": "lowbit.recipes",
     "PRESETS": "lowbit.recipes",
-    "save": "lowbit.export",
-    "load": "lowbit.export",
+    "save": "lowbit.io",
+    "load": "lowbit.io",
     "retain_freed_memory": "lowbit.kernels",
 }
 

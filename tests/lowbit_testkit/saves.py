@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lowbit.export.manifest import DIGEST_KEY, content_digest
+from lowbit.io.manifest import DIGEST_KEY, content_digest
 
 
 def write_consistent_manifest(folder: Path, manifest: dict) -> None:

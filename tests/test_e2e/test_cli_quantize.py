@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import lowbit.export.hf
+import lowbit.io.hf
 from lowbit.cli.main import main
 from lowbit.eval.bundled import smollm2_gguf_path
 
@@ -45,7 +45,7 @@ def test_bad_options_fail_in_one_line_before_the_model_is_read(
     def never(*args, **kwargs):
         raise AssertionError("the model was read before the options were checked")
 
-    monkeypatch.setattr(lowbit.export.hf, "load_model", never)
+    monkeypatch.setattr(lowbit.io.hf, "load_model", never)
     cases = _bad_cases(tmp_path)
     before = sorted(tmp_path.rglob("*"))
     for case, (args, message) in cases.items():

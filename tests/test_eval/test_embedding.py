@@ -14,7 +14,7 @@ from lowbit.errors import InvalidInputError
 from lowbit.eval.bundled import minilm_path
 from lowbit.eval.embedding import embed, embedding_fidelity
 from lowbit.eval.text import evaluation_text, text_chunks
-from lowbit.export.hf import LoadedModel, load_model
+from lowbit.io.hf import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

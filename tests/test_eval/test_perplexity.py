@@ -125,7 +125,7 @@ def test_bad_inputs_are_rejected(tiny_llama, ids) -> None:
 @pytest.mark.slow
 def test_smollm2_perplexity_on_the_evaluation_text() -> None:
     from lowbit.eval.bundled import smollm2_gguf_path
-    from lowbit.export.hf import load_model
+    from lowbit.io.hf import load_model
 
     loaded = load_model(smollm2_gguf_path())
     assert loaded.kind == "causal-lm"

@@ -217,13 +217,13 @@ def test_embedding_formats_are_checked_when_the_recipe_is_built() -> None:
 
 def test_quantize_plans_once_even_after_fusion(monkeypatch) -> None:
     """Fusing keeps every planned name (a fused pair sits at its producer's name), so the
-    plan made before fusing is the one used: ``_plan`` runs once per ``quantize``."""
+    plan made before fusing is the one used: ``plan_layers`` runs once per ``quantize``."""
     import importlib
 
     q = importlib.import_module("lowbit.recipes.quantize")  # the module, not the function
     calls = []
-    real = q._plan
-    monkeypatch.setattr(q, "_plan", lambda *a: calls.append(1) or real(*a))
+    real = q.plan_layers
+    monkeypatch.setattr(q, "plan_layers", lambda *a: calls.append(1) or real(*a))
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, 5)).eval()  # fmt: skip
     with warnings.catch_warnings():

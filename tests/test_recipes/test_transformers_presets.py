@@ -14,7 +14,7 @@ import transformers
 from lowbit.errors import LowbitWarning
 from lowbit.eval.embedding import embed
 from lowbit.eval.perplexity import perplexity
-from lowbit.export import load, save
+from lowbit.io import load, save
 from lowbit.recipes import PRESETS, quantize
 from lowbit_testkit.models import tiny_llama
 

@@ -34,7 +34,7 @@ def _perplexity(
     model: str, text: str, ctx: int, stride: int, max_tokens: int | None
 ) -> dict[str, Any]:
     from lowbit.eval.perplexity import perplexity
-    from lowbit.export.hf import load_model
+    from lowbit.io.hf import load_model
     from lowbit.progress import status
 
     with status(f"loading {model}"):
@@ -50,7 +50,7 @@ def _embedding_fidelity(
 ) -> dict[str, Any]:
     from lowbit.eval.embedding import embed, embedding_fidelity
     from lowbit.eval.text import text_chunks
-    from lowbit.export.hf import load_model
+    from lowbit.io.hf import load_model
     from lowbit.progress import status
 
     texts = text_chunks(text, chunks, words)

@@ -37,8 +37,8 @@ def _check(
 ) -> _Checked:
     """Every check that needs no model: raises a LowbitError before anything slow runs."""
     from lowbit.eval.text import calibration_text, read_text
-    from lowbit.export.inspect import count_parameters
-    from lowbit.export.save import check_output_folder
+    from lowbit.io.inspect import count_parameters
+    from lowbit.io.save import check_output_folder
     from lowbit.recipes import get_recipe
 
     for name, value in numbers.items():
@@ -107,7 +107,7 @@ def quantize_model(
 
     import lowbit
     from lowbit.eval.calibration import token_windows
-    from lowbit.export.hf import load_model
+    from lowbit.io.hf import load_model
     from lowbit.progress import status
     from lowbit.recipes import describe
 

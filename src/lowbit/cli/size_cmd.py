@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from lowbit.cli.output import print_json, print_table
-from lowbit.export.inspect import ModelFileInfo, count_parameters
 from lowbit.formats.size import size_table
+from lowbit.io.inspect import ModelFileInfo, count_parameters
 
 # Suffixes people write parameter counts with ("7B", "350M"); decimal, like the sizes.
 _COUNT_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}

@@ -15,7 +15,7 @@
 The fake-quantized values equal ``lowbit.formats.affine.fake_quantize`` with the QParams
 ``qat_state()`` reports, bit for bit, so a convert step can build int8 modules from
 ``qat_state()`` that compute what the QAT model computed. Gradients pass by the
-straight-through estimator (``lowbit.algorithms.qat``).
+straight-through estimator (``lowbit.formats.qat``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.algorithms.qat import fake_quantize_ste, lsq_fake_quantize
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams, choose_qparams
 from lowbit.formats.checks import check_finite
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
+from lowbit.formats.qat import fake_quantize_ste, lsq_fake_quantize
 from lowbit.formats.qtypes import IntType
 
 __all__ = ["ActivationFakeQuant", "QATConv2d", "QATLinear", "QATOptions", "QATState"]

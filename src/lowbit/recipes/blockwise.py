@@ -12,10 +12,10 @@ from torch import nn
 
 from lowbit.errors import InvalidSpecError
 from lowbit.nn import QuantLinear
+from lowbit.nn.replace import set_module
 from lowbit.observers.hooks import ObserverHook
 from lowbit.recipes.batches import Call, observe_batches
 from lowbit.recipes.blocks import calibrate_blocks
-from lowbit.recipes.fuse import set_module
 from lowbit.recipes.spec import QuantSpec
 from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lowbit.nn.replace import set_module
 from lowbit.recipes.trace import ModuleFlow
 
 # (producer type, batch-norm type) pairs that fold; data, not code per model.
@@ -45,17 +46,6 @@ def fold_batchnorm(module: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchN
         new_bias = (bias - bn.running_mean) * factor + beta
         folded.bias = nn.Parameter(new_bias.detach().clone())
     return folded
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Replace the sub-module at qualified ``name``; returns the model, which is ``new``
-    itself when ``name`` is "" (the model is a bare Linear or Conv2d)."""
-    if not name:
-        return new
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-    return model
 
 
 def _foldable(producer: nn.Module, bn: nn.Module) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 from lowbit.errors import LowbitWarning
 from lowbit.nn import SplitAttention
 from lowbit.nn.attention import split_attention_unsupported
-from lowbit.recipes.fuse import set_module
+from lowbit.nn.replace import set_module
 from lowbit.recipes.spec import Recipe
 
 QUANTIZABLE = "lowbit quantizes nn.Linear, nn.Conv2d and (with embeddings='int8') nn.Embedding"

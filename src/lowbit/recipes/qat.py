@@ -17,10 +17,16 @@ from lowbit.formats.affine import quantize as quantize_codes
 from lowbit.formats.qtypes import get_qtype
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.nn.qat import QATConv2d, QATLinear, QATOptions
-from lowbit.recipes.fuse import fused_parts, set_module
+from lowbit.nn.replace import set_module
+from lowbit.recipes.fuse import fused_parts
 from lowbit.recipes.layers import split_attention
 from lowbit.recipes.presets import get_recipe
-from lowbit.recipes.quantize import _fuse, _keep_int8_between_layers, _no_layer_error, _plan
+from lowbit.recipes.quantize import (
+    fuse_model,
+    keep_int8_between_layers,
+    no_layer_error,
+    plan_layers,
+)
 from lowbit.recipes.spec import Recipe
 from lowbit.tensors import IntPackedTensor
 
@@ -49,16 +55,16 @@ def prepare_qat(
     qmodel = copy.deepcopy(model).eval()
     has_bn = any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in qmodel.modules())
     if example_inputs is not None:
-        _fuse(qmodel, example_inputs)
+        fuse_model(qmodel, example_inputs)
     elif has_bn:
         raise InvalidInputError(
             "the model has BatchNorm layers, which QAT folds into the layer before: pass "
             "example_inputs=<one input batch> so lowbit can find them"
         )
     qmodel = split_attention(qmodel)
-    plan = _plan(qmodel, recipe)
+    plan = plan_layers(qmodel, recipe)
     if not plan:
-        raise _no_layer_error(qmodel, recipe)
+        raise no_layer_error(qmodel, recipe)
     for entry in plan:
         float_module, relu = fused_parts(qmodel.get_submodule(entry.name))
         cls = QATConv2d if isinstance(float_module, nn.Conv2d) else QATLinear
@@ -119,5 +125,5 @@ def convert(model: nn.Module, example_inputs: Any = None) -> nn.Module:
             "convert found no QAT layer: call lowbit.prepare_qat(model) first, then train"
         )
     if example_inputs is not None:
-        qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, example_inputs)]  # type: ignore[assignment]
+        qmodel.lowbit_notes = [keep_int8_between_layers(qmodel, example_inputs)]  # type: ignore[assignment]
     return qmodel

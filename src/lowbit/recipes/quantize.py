@@ -20,12 +20,13 @@ from lowbit.formats.affine import QParams
 from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
 from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
+from lowbit.nn.replace import set_module
 from lowbit.observers.base import Observer
 from lowbit.observers.hooks import ObserverHook
 from lowbit.observers.registry import make_observer
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, observe_batches, run_batch
-from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts, set_module
+from lowbit.recipes.fuse import apply_fusions, find_fusions, fused_parts
 from lowbit.recipes.layers import (
     float_layers,
     reads_child_weights,
@@ -72,7 +73,7 @@ class PlanEntry:
     spec: QuantSpec
 
 
-def _plan(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
+def plan_layers(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
     """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order; the
     root itself when the model is a bare Linear or Conv2d (its name is ""). A Linear tied to
     an embedding table is not planned: it follows the table (``_quantize_embeddings``)."""
@@ -103,7 +104,9 @@ def _table_quantized(module: nn.Module, table: str, recipe: Recipe) -> bool:
     return bool(holds_table and recipe.embeddings and recipe.spec_for(table) is not None)
 
 
-def _no_layer_error(model: nn.Module, recipe: Recipe) -> InvalidInputError:
+def no_layer_error(model: nn.Module, recipe: Recipe) -> InvalidInputError:
+    """The error for a model in which ``recipe`` plans no layer: it names the module kinds
+    the model has and why each unsupported layer stays float."""
     kinds = sorted({type(m).__name__ for m in model.modules()})
     unsupported = {n: r for n, r in float_layers(model, recipe).items() if "unsupported" in r}
     why = "".join(
@@ -116,7 +119,7 @@ def _no_layer_error(model: nn.Module, recipe: Recipe) -> InvalidInputError:
     )
 
 
-def _fuse(model: nn.Module, example: Any) -> None:
+def fuse_model(model: nn.Module, example: Any) -> None:
     """Fuse Conv/Linear + BatchNorm + ReLU in place; check the float outputs did not change."""
     groups = find_fusions(model, trace_flow(model, example))
     if not groups:
@@ -194,7 +197,7 @@ def _convert_module(
     return cls.from_float(float_module, weight, **kwargs)
 
 
-def _keep_int8_between_layers(model: nn.Module, example: Any) -> str:
+def keep_int8_between_layers(model: nn.Module, example: Any) -> str:
     """Let static modules hand int8 tensors straight to the next int8 module when every
     consumer of their output can take them (seen on a traced pass of ``example``, then
     checked by running it). Returns a sentence for describe()."""
@@ -291,9 +294,9 @@ def quantize(
     if recipe.kind == "cast":
         return _finish(cast_model(qmodel, getattr(torch, recipe.cast_dtype or "")), recipe)
     qmodel = split_attention(qmodel)
-    plan = _plan(qmodel, recipe)
+    plan = plan_layers(qmodel, recipe)
     if not plan:
-        raise _no_layer_error(qmodel, recipe)
+        raise no_layer_error(qmodel, recipe)
     if any(e.spec.algorithm != "rtn" for e in plan):
         _quantize_calibrated_blocks(qmodel, plan, calib_data)
         _quantize_embeddings(qmodel, recipe)
@@ -304,7 +307,7 @@ def quantize(
     if static or calib_data is not None:
         batches = collect_batches(calib_data, warn=static)
         if fuse:
-            _fuse(qmodel, batches[0])  # the plan stays valid: a fused pair keeps its name
+            fuse_model(qmodel, batches[0])  # the plan stays valid: a fused pair keeps its name
     if static:
         outputs = trace_flow(qmodel, batches[0]).output_is_model_output
         model_outputs = {e.name for e in plan if {e.name, f"{e.name}.1"} & outputs}
@@ -324,7 +327,7 @@ def quantize(
             )
             set_module(qmodel, name, quant_add)
     if static:
-        qmodel.lowbit_notes = [_keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
+        qmodel.lowbit_notes = [keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
     _quantize_embeddings(qmodel, recipe)
     return _finish(qmodel, recipe)
 
@@ -403,7 +406,7 @@ def describe(model: nn.Module, recipe: str | Recipe | None = None) -> list[dict[
 def _describe_plan(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
     if recipe.kind == "ptq" and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
         model = split_attention(copy.deepcopy(model))
-    planned = {e.name: e.spec for e in _plan(model, recipe)} if recipe.kind == "ptq" else {}
+    planned = {e.name: e.spec for e in plan_layers(model, recipe)} if recipe.kind == "ptq" else {}
     reasons = float_layers(model, recipe)
     tied = tied_to_embeddings(model)
     rows: list[dict[str, Any]] = []

@@ -24,6 +24,9 @@ with round-half-to-even. They differ only in their gradients:
   and clamped to [qmin, qmax] in the forward pass (straight through for its gradient), as in
   torch's ``_fake_quantize_learnable_per_tensor_affine``.
 
+It sits in formats (L0), beside the ``fake_quantize`` it equals in the forward pass, so the
+QAT modules of lowbit.nn (L4b) call it without importing an algorithm (docs/architecture.md).
+
 Pure functions: no modules, no state. Per-channel parameters have shape ``(C,)`` and belong
 to dimension ``axis`` of ``x``; per-tensor parameters are scalars (shape ``()`` or ``(1,)``).
 """

@@ -14,7 +14,7 @@ import torch
 
 from lowbit import atomic
 from lowbit.atomic import atomic_write_text
-from lowbit.export import load, load_model, save
+from lowbit.io import load, load_model, save
 from lowbit.recipes import quantize
 from lowbit_testkit.models import tiny_llama
 

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from lowbit.algorithms.qat import fake_quantize_ste, lsq_fake_quantize, lsq_grad_scale
 from lowbit.errors import LowbitError
 from lowbit.formats.affine import QParams, choose_qparams, fake_quantize
 from lowbit.formats.granularity import PerAxis, PerTensor
+from lowbit.formats.qat import fake_quantize_ste, lsq_fake_quantize, lsq_grad_scale
 from lowbit.formats.qtypes import IntType
 
 UINT8 = IntType(8, False)

@@ -11,7 +11,7 @@ import torch
 
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
 from lowbit.eval.bundled import minilm_path as _minilm
-from lowbit.export.hf import LoadedModel, load_model
+from lowbit.io.hf import LoadedModel, load_model
 from lowbit_testkit.models import tiny_llama
 
 
@@ -105,7 +105,7 @@ def test_unreachable_hub_id_says_to_pass_a_local_folder(monkeypatch) -> None:
 
 
 def test_an_encoder_loaded_as_a_causal_lm_is_refused() -> None:
-    from lowbit.export.hf import TaskMismatchError
+    from lowbit.io.hf import TaskMismatchError
 
     with pytest.raises(TaskMismatchError, match="random"):
         load_model(_minilm(), task="causal-lm")

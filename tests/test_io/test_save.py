@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
-from lowbit.export import load, save
+from lowbit.io import load, save
 from lowbit.recipes import quantize
 from lowbit_testkit.models import tiny_llama
 from lowbit_testkit.saves import write_consistent_manifest

@@ -3,7 +3,7 @@
 Layout of a save folder:
   manifest.json      format version, lowbit version, recipe, one entry per module that
                      differs from the float architecture (its class and JSON metadata), and
-                     every file's sha256 and every tensor's dtype and shape (export/manifest.py)
+                     every file's sha256 and every tensor's dtype and shape (io/manifest.py)
   model.safetensors  quantized modules' tensors under "q.<module>.<key>", every other tensor
                      of the state dict under "f.<key>"; a tensor shared by two modules (an
                      LM head tied to the embedding) is written once, the manifest's
@@ -34,8 +34,8 @@ from torch import nn
 import lowbit
 from lowbit.atomic import atomic_folder, recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError
-from lowbit.export.inspect import read_safetensors_header
-from lowbit.export.manifest import (
+from lowbit.io.inspect import read_safetensors_header
+from lowbit.io.manifest import (
     DIGEST_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -50,7 +50,7 @@ from lowbit.export.manifest import (
     verify_files,
 )
 from lowbit.nn import cast_model
-from lowbit.recipes.fuse import set_module
+from lowbit.nn.replace import set_module
 from lowbit.tensors.base import storage_key
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from lowbit.atomic import recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
-from lowbit.export.inspect import _folder_safetensors, read_gguf_header, read_safetensors_header
+from lowbit.io.inspect import folder_safetensors, read_gguf_header, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
         )
     # refuses pickle-only and weightless folders with the fix, and damaged or lying headers
     # before transformers allocates what they claim
-    for file in _folder_safetensors(folder):
+    for file in folder_safetensors(folder):
         read_safetensors_header(file)
     kind = _kind(_folder_architectures(folder), task, str(folder))
     transformers = require("transformers", "hf")
@@ -153,8 +153,8 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
 def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
     """A folder written by ``lowbit quantize`` / ``lowbit.save`` of a transformers model (its
     tokenizer saved beside it)."""
-    from lowbit.export.manifest import read_manifest
-    from lowbit.export.save import load
+    from lowbit.io.manifest import read_manifest
+    from lowbit.io.save import load
 
     architecture = read_manifest(folder).get("transformers")
     if architecture is None:

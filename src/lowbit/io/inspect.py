@@ -204,7 +204,7 @@ def _inspect_gguf(path: Path) -> ModelFileInfo:
     )
 
 
-def _folder_safetensors(folder: Path) -> list[Path]:
+def folder_safetensors(folder: Path) -> list[Path]:
     """The safetensors files of a Hugging Face folder: the shards its index names, else all.
 
     The index matters where a repository ships the same weights twice (Mistral's
@@ -255,7 +255,7 @@ def count_parameters(path: str | Path) -> ModelFileInfo:
     if not path.exists():
         raise InvalidInputError(f"no such file or folder: {path}; check the path")
     if path.is_dir():
-        info = _inspect_safetensors(path, _folder_safetensors(path))
+        info = _inspect_safetensors(path, folder_safetensors(path))
     elif path.suffix == ".safetensors":
         info = _inspect_safetensors(path, [path])
     elif path.suffix == ".gguf":

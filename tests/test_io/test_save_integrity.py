@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.errors import InvalidInputError, LowbitError, LowbitWarning, UnsupportedFormatError
-from lowbit.export import load, save
+from lowbit.io import load, save
 from lowbit.recipes import quantize
 from lowbit_testkit.models import tiny_llama
 from lowbit_testkit.process import run_measured
@@ -169,7 +169,7 @@ def test_a_damaged_transformers_entry_is_one_clear_error(
 _LOAD = """
 import sys
 from lowbit.errors import LowbitError
-from lowbit.export import load
+from lowbit.io import load
 try:
     load(sys.argv[1])
 except LowbitError as exc:

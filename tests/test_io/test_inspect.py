@@ -12,7 +12,7 @@ import safetensors.torch as safetensors_torch
 import torch
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
-from lowbit.export import count_parameters
+from lowbit.io import count_parameters
 
 TENSORS = {
     "embed.weight": ((10, 8), torch.bfloat16),
