@@ -183,3 +183,10 @@ def test_a_quantized_embedding_keeps_its_padding_idx(tmp_path) -> None:
         save(qmodel, tmp_path / "m"), model=nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 4))
     )
     assert loaded[0].padding_idx == 0
+
+
+def test_the_same_model_saves_to_the_same_bytes(tmp_path) -> None:
+    """Determinism: two saves of one model are byte-identical (the weights' header included)."""
+    qmodel = quantize(tiny_llama(num_hidden_layers=1), "w4a16-g32")
+    files = [save(qmodel, tmp_path / f"run{i}") / "model.safetensors" for i in range(4)]
+    assert len({f.read_bytes() for f in files}) == 1

@@ -131,7 +131,9 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         "transformers": _transformers_architecture(model),
     }
     with atomic_folder(folder) as tmp:
-        metadata = {"format": FORMAT_NAME, DIGEST_KEY: content_digest(manifest)}
+        # one metadata key: safetensors writes several in a varying order, and the same
+        # model must give the same bytes on every save
+        metadata = {DIGEST_KEY: content_digest(manifest)}
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
