@@ -5,6 +5,7 @@ stays float is named."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 
 from lowbit.errors import LowbitWarning
 from lowbit.eval.metrics import sqnr_db
+from lowbit.io import load, save
 from lowbit.kernels import explain
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.recipes import PRESETS, convert, describe, prepare_qat, quantize
@@ -72,7 +74,9 @@ def test_every_conv_padding_is_quantized(preset: str) -> None:
 
 @pytest.mark.parametrize("root", [nn.Linear(12, 6), nn.Conv2d(2, 4, 3, padding="same")])
 @pytest.mark.parametrize("preset", PRESETS_WITHOUT_BLOCKS)
-def test_a_bare_layer_as_the_whole_model_is_quantized(root: nn.Module, preset: str) -> None:
+def test_a_bare_layer_as_the_whole_model_is_quantized(
+    root: nn.Module, preset: str, tmp_path
+) -> None:
     model = root.eval()
     shape = (16, 12) if isinstance(root, nn.Linear) else (16, 2, 5, 5)
     batches = list(torch.randn(*shape, generator=torch.Generator().manual_seed(1)).split(8))
@@ -83,6 +87,11 @@ def test_a_bare_layer_as_the_whole_model_is_quantized(root: nn.Module, preset: s
         assert isinstance(qmodel, QuantLinear if isinstance(root, nn.Linear) else QuantConv2d)
         assert [row["module"] for row in describe(qmodel)] == ["(root)"]
     assert_close_to_float(model, qmodel, batches[0], preset)
+    # and it survives save/load (the root was once not saved: the folder did not load)
+    folder = save(qmodel, tmp_path / "bare")
+    loaded = load(folder, copy.deepcopy(model))
+    assert type(loaded) is type(qmodel)
+    assert torch.equal(loaded(batches[0]), qmodel(batches[0]))
 
 
 def attention_models() -> dict[str, tuple[nn.Module, list]]:

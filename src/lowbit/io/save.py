@@ -55,7 +55,10 @@ from lowbit.tensors.base import storage_key
 
 
 def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Modules lowbit put in place: quantized modules, Identity (fused away), fused pairs."""
+    """Modules lowbit put in place: quantized modules, Identity (fused away), fused pairs;
+    the model itself (name "") when it is a bare quantized layer."""
+    if type(model).__name__ in QUANT_MODULES:
+        return {"": {"class": type(model).__name__}}
     entries: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         if not name or any(name.startswith(p + ".") for p in entries):
@@ -113,9 +116,9 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
         quantized += [(f"q.{name}.{key}", t) for key, t in module_tensors.items()]
     # tied weights (an LM head sharing the embedding table) are stored once
     tensors, tied = _store_once(quantized)
-    quant_prefixes = tuple(f"{n}." for n, e in entries.items() if e["class"] != "Identity")
+    quantized_names = [n for n, e in entries.items() if e["class"] != "Identity"]
     floats, aliases = _store_once(
-        (k, t) for k, t in model.state_dict().items() if not k.startswith(quant_prefixes)
+        (k, t) for k, t in model.state_dict().items() if not _inside(k, quantized_names)
     )
     tensors.update({f"f.{key}": t for key, t in floats.items()})
     manifest = {
@@ -246,8 +249,8 @@ def _check_architecture(
             )
         if getattr(module, "bias", None) is not None and f"q.{name}.bias" not in shapes:
             raise _mismatch(folder, f"tensor 'q.{name}.bias' is not in {WEIGHTS}")
-    prefixes = tuple(f"{n}." for n in manifest["modules"])  # replaced: their state is lowbit's
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    replaced = list(manifest["modules"])  # their state is lowbit's
+    expected = {k: v for k, v in model.state_dict().items() if not _inside(k, replaced)}
     aliases = manifest.get("aliases", {})
     for key, tensor in expected.items():
         stored = shapes.get(f"f.{aliases.get(key, key)}")
@@ -292,7 +295,7 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
     tensors = safetensors.torch.load_file(str(weights))
     for key, original in manifest.get("tied", {}).items():
         tensors[key] = tensors[original]  # presence checked by _check_architecture
-    _place_modules(result, manifest["modules"], tensors)
+    result = _place_modules(result, manifest["modules"], tensors)
     float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("f.")}
     for key, original in manifest.get("aliases", {}).items():
         if original in float_state:
@@ -305,12 +308,18 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
     return result
 
 
+def _inside(key: str, module_names: list[str]) -> bool:
+    """Whether state key ``key`` belongs to one of the named modules ("" is the model)."""
+    return any(not name or key.startswith(f"{name}.") for name in module_names)
+
+
 def _place_modules(
     result: nn.Module, entries: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> None:
+) -> nn.Module:
+    """``result`` with the saved modules in place (a new object for a bare quantized layer)."""
     for name, entry in entries.items():
         if entry["class"] == "Identity":
-            set_module(result, name, nn.Identity())
+            result = set_module(result, name, nn.Identity())
             continue
         prefix = f"q.{name}."
         module_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -323,4 +332,5 @@ def _place_modules(
                 f"the manifest entry of module {name!r} is damaged ({type(exc).__name__}: "
                 f"{exc}); restore the folder or save the model again"
             ) from exc
-        set_module(result, name, module)
+        result = set_module(result, name, module)
+    return result
