@@ -8,6 +8,7 @@ import torch
 from lowbit.algorithms import rtn_tensor
 from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import REFERENCE_NAME, activation_qparams
 from lowbit.tensors import IntPackedTensor
 
@@ -16,7 +17,7 @@ INT8 = IntType(8, True)
 
 def int8_weight(*shape: int) -> IntPackedTensor:
     """Symmetric per-output-channel int8 weight of a random Gaussian tensor."""
-    return rtn_tensor(torch.randn(*shape) * 0.2, INT8, PerAxis(0))
+    return rtn_tensor(torch.randn(*shape) * 0.2, WeightFormat(INT8, PerAxis(0)))
 
 
 def minmax_qparams(t: torch.Tensor):

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.algorithms import gptq_quantize, rtn_quantize, weight_granularity
+from lowbit.algorithms import gptq_quantize, rtn_quantize
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.eval.bundled import minilm_path
 from lowbit.formats.affine import dequantize
-from lowbit.formats.granularity import PerAxis, PerGroup
-from lowbit.formats.qtypes import IntType
+from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
+from lowbit.formats.qtypes import NF4, IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.observers import HessianObserver
 from lowbit.tensors.integer import IntPackedTensor
 
@@ -52,6 +53,21 @@ def _correlated(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, obs.hessian()
 
 
+_FORMAT_OPTIONS = ("qtype", "symmetric", "form")
+
+
+def _fmt(qtype: IntType = INT4, group_size: int | None = None, **options) -> WeightFormat:
+    """The WeightFormat GPTQ and RTN are compared in: per channel (None) or per group."""
+    granularity = PerAxis(0) if group_size is None else PerGroup(group_size)
+    return WeightFormat(qtype, granularity, **options)
+
+
+def _split(group_size: int | None, opts: dict) -> tuple[WeightFormat, dict]:
+    """(the format, GPTQ's own options) of a test's option dict."""
+    fmt = _fmt(group_size=group_size, **{k: v for k, v in opts.items() if k in _FORMAT_OPTIONS})
+    return fmt, {k: v for k, v in opts.items() if k not in _FORMAT_OPTIONS}
+
+
 def _out_err(x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor) -> float:
     return float(((x @ (w - wq).T).double() ** 2).sum())
 
@@ -77,9 +93,9 @@ def test_diagonal_hessian_gives_round_to_nearest(group_size: int | None, extra: 
     w = torch.randn(12, 100)
     hessian = torch.diag(torch.rand(100) + 0.5)
     opts = {"qtype": INT4, **extra}
-    codes, qp = gptq_quantize(w, hessian, group_size=group_size, **opts)
-    rtn_opts = {k: v for k, v in opts.items() if k in ("qtype", "symmetric", "form")}
-    ref_codes, ref_qp = rtn_quantize(w, granularity=weight_granularity(group_size), **rtn_opts)
+    fmt, gptq_opts = _split(group_size, opts)
+    codes, qp = gptq_quantize(w, hessian, fmt, **gptq_opts)
+    ref_codes, ref_qp = rtn_quantize(w, fmt)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(qp.scale, ref_qp.scale) and qp.granularity == ref_qp.granularity
     for name in ("zero_point", "offset"):
@@ -93,7 +109,7 @@ def test_codes_and_qparams_store_exactly(group_size: int | None) -> None:
     IntPackedTensor round-trips the codes and dequantizes to the same weight."""
     w = torch.randn(16, 100)
     _, hessian = _correlated(16, 100)
-    codes, qp = gptq_quantize(w, hessian, qtype=INT3, group_size=group_size)
+    codes, qp = gptq_quantize(w, hessian, _fmt(INT3, group_size))
     assert codes.shape == w.shape and codes.dtype == torch.int8
     assert int(codes.min()) >= qp.qmin and int(codes.max()) <= qp.qmax
     if group_size is None:
@@ -109,9 +125,9 @@ def test_codes_and_qparams_store_exactly(group_size: int | None) -> None:
 def test_block_size_only_changes_speed() -> None:
     w = torch.randn(24, 96)
     _, hessian = _correlated(24, 96)
-    ref = gptq_quantize(w, hessian, qtype=INT4, group_size=32, block_size=128)
+    ref = gptq_quantize(w, hessian, _fmt(INT4, 32), block_size=128)
     for block_size in (1, 20, 32):
-        codes, qp = gptq_quantize(w, hessian, qtype=INT4, group_size=32, block_size=block_size)
+        codes, qp = gptq_quantize(w, hessian, _fmt(INT4, 32), block_size=block_size)
         # Float summation order may flip a code sitting on a rounding boundary; allow 0.5%.
         assert (codes != ref[0]).float().mean() < 0.005, block_size
         torch.testing.assert_close(qp.scale, ref[1].scale, rtol=1e-4, atol=1e-6)
@@ -122,9 +138,9 @@ def test_deterministic_and_inputs_untouched() -> None:
     _, hessian = _correlated(20, 64)
     hessian[5, :] = hessian[:, 5] = 0.0  # a dead input
     w0, h0 = w.clone(), hessian.clone()
-    opts = {"qtype": INT4, "group_size": 16, "act_order": True, "static_groups": True}
-    first = gptq_quantize(w, hessian, **opts)
-    second = gptq_quantize(w, hessian, **opts)
+    opts = {"act_order": True, "static_groups": True}
+    first = gptq_quantize(w, hessian, _fmt(INT4, 16), **opts)
+    second = gptq_quantize(w, hessian, _fmt(INT4, 16), **opts)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1].scale, second[1].scale)
     assert torch.equal(w, w0) and torch.equal(hessian, h0)
     assert torch.all(dequantize(*first)[:, 5] == 0)  # dead input: its weights become 0
@@ -133,9 +149,9 @@ def test_deterministic_and_inputs_untouched() -> None:
 def test_beats_rtn_on_synthetic_correlated_inputs_in_float32_and_float64() -> None:
     w = torch.randn(32, 128)
     x, hessian = _correlated(32, 128)
-    rtn = _out_err(x, w, dequantize(*rtn_quantize(w, INT3, PerGroup(32))))
+    rtn = _out_err(x, w, dequantize(*rtn_quantize(w, WeightFormat(INT3, PerGroup(32)))))
     for h in (hessian, hessian.float()):
-        err = _out_err(x, w, dequantize(*gptq_quantize(w, h, qtype=INT3, group_size=32)))
+        err = _out_err(x, w, dequantize(*gptq_quantize(w, h, _fmt(INT3, 32))))
         assert err < 0.9 * rtn, f"GPTQ/RTN output error {err / rtn:.3f}"
 
 
@@ -145,34 +161,38 @@ def test_beats_rtn_on_synthetic_correlated_inputs_in_float32_and_float64() -> No
 def test_bad_inputs_raise_clear_errors() -> None:
     w, h = torch.randn(4, 8), torch.eye(8)
     with pytest.raises(InvalidInputError, match=r"\(8, 8\)"):
-        gptq_quantize(w, torch.eye(7), qtype=INT4, group_size=None)
+        gptq_quantize(w, torch.eye(7), _fmt(INT4, None))
     with pytest.raises(InvalidInputError, match="2-D"):
-        gptq_quantize(torch.randn(8), h, qtype=INT4, group_size=None)
+        gptq_quantize(torch.randn(8), h, _fmt(INT4, None))
     with pytest.raises(InvalidInputError, match="NaN"):
-        gptq_quantize(w, h * float("nan"), qtype=INT4, group_size=None)
+        gptq_quantize(w, h * float("nan"), _fmt(INT4, None))
     with pytest.raises(InvalidInputError, match="negative diagonal"):
-        gptq_quantize(w, -h, qtype=INT4, group_size=None)
+        gptq_quantize(w, -h, _fmt(INT4, None))
     with pytest.raises(InvalidSpecError, match="static_groups=True"):
-        gptq_quantize(w, h, qtype=INT4, group_size=4, act_order=True)
-    with pytest.raises(InvalidSpecError, match="group_size"):
-        gptq_quantize(w, h, qtype=INT4, group_size=0)
+        gptq_quantize(w, h, _fmt(INT4, 4), act_order=True)
+    with pytest.raises(InvalidSpecError, match="group size"):
+        gptq_quantize(w, h, _fmt(INT4, 0))
+    with pytest.raises(InvalidSpecError, match="per group along the input"):
+        gptq_quantize(w, h, WeightFormat(INT4, PerTensor()))
+    with pytest.raises(InvalidSpecError, match="integer formats"):
+        gptq_quantize(w, h, WeightFormat(NF4, PerGroup(4)))
     with pytest.raises(InvalidSpecError, match="damp"):
-        gptq_quantize(w, h, qtype=INT4, group_size=None, damp=-0.1)
+        gptq_quantize(w, h, _fmt(INT4, None), damp=-0.1)
     with pytest.raises(InvalidSpecError, match="block_size"):
-        gptq_quantize(w, h, qtype=INT4, group_size=None, block_size=0)
+        gptq_quantize(w, h, _fmt(INT4, None), block_size=0)
     with pytest.raises(InvalidSpecError, match="signed"):
-        gptq_quantize(w, h, qtype=UINT4, group_size=None)
+        gptq_quantize(w, h, _fmt(UINT4, None))
 
 
 def test_not_positive_definite_retries_damping_then_fails() -> None:
     w = torch.randn(3, 2)
     # Eigenvalues 2.001 and -0.001: damp 1e-4 is too small, the retry (1e-2) suffices.
     almost = torch.tensor([[1.0, 1.001], [1.001, 1.0]], dtype=torch.float64)
-    codes, _ = gptq_quantize(w, almost, qtype=INT4, group_size=None, damp=1e-4)
+    codes, _ = gptq_quantize(w, almost, _fmt(INT4, None), damp=1e-4)
     assert codes.shape == (3, 2)
     # Eigenvalues 6 and -4: even damp = 1 (λ = 1) leaves it indefinite.
     with pytest.raises(InvalidInputError, match="not positive definite"):
-        gptq_quantize(w, torch.tensor([[1.0, 5.0], [5.0, 1.0]]), qtype=INT4, group_size=None)
+        gptq_quantize(w, torch.tensor([[1.0, 5.0], [5.0, 1.0]]), _fmt(INT4, None))
 
 
 # ------------------------------------------------------------------- real weights and inputs
@@ -247,11 +267,11 @@ def test_beats_rtn_on_minilm_layers(minilm: dict, bits: int, mode: str) -> None:
     opts = {"qtype": IntType(bits, True), **MODES[mode]}
     if "qtype" in MODES[mode]:
         opts["qtype"] = IntType(bits, False)
-    rtn_opts = {k: v for k, v in opts.items() if k in ("qtype", "symmetric", "form")}
+    fmt, gptq_opts = _split(128, opts)
     ratios = {}
     for name, (w, hessian, _, held) in minilm.items():
-        gptq = dequantize(*gptq_quantize(w, hessian, group_size=128, **opts))
-        rtn = dequantize(*rtn_quantize(w, granularity=PerGroup(128), **rtn_opts))
+        gptq = dequantize(*gptq_quantize(w, hessian, fmt, **gptq_opts))
+        rtn = dequantize(*rtn_quantize(w, fmt))
         ratios[name.split("layer.0.")[1]] = _out_err(held, w, gptq) / _out_err(held, w, rtn)
     summary = ", ".join(f"{n}: {r:.3f}" for n, r in ratios.items())
     print(f"int{bits} g128 {mode}: GPTQ/RTN held-out output error {summary}")
@@ -262,7 +282,9 @@ _THREADS_SCRIPT = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from lowbit.algorithms import gptq_quantize
+from lowbit.formats.granularity import PerGroup
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.observers import HessianObserver
 g = torch.Generator().manual_seed(0)
 for n, k, rows in ((64, 64, 65536), (256, 256, 4096), (96, 576, 32768)):
@@ -271,7 +293,8 @@ for n, k, rows in ((64, 64, 65536), (256, 256, 4096), (96, 576, 32768)):
     obs = HessianObserver(k)
     obs.observe(x)
     w = torch.randn(n, k, generator=g)
-    codes, qp = gptq_quantize(w, obs.hessian(), qtype=IntType(4, True), group_size=32)
+    fmt = WeightFormat(IntType(4, True), PerGroup(32))
+    codes, qp = gptq_quantize(w, obs.hessian(), fmt)
     torch.save({"h": obs.hessian(), "codes": codes, "scale": qp.scale}, f"{sys.argv[2]}.{k}.pt")
 """
 

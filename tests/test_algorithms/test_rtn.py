@@ -11,6 +11,7 @@ from lowbit.errors import InvalidInputError
 from lowbit.formats.affine import choose_qparams, quantize
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 
 INT8 = IntType(8, True)
 
@@ -31,13 +32,13 @@ def test_fast_path_is_bit_identical(shape, monkeypatch):
         rtn.fused, "quantize_int8_per_channel",
         lambda x, f=rtn.fused.quantize_int8_per_channel: calls.append(1) or f(x),
     )  # fmt: skip
-    codes, qp = rtn_quantize(w, INT8, PerAxis(0))
+    codes, qp = rtn_quantize(w, WeightFormat(INT8, PerAxis(0)))
     ref_codes, ref_qp = _reference(w, INT8, PerAxis(0))
     assert calls, "the int8 per-channel spec should take formats.fused"
     assert codes.dtype == ref_codes.dtype and torch.equal(codes, ref_codes)
     assert torch.equal(qp.scale, ref_qp.scale)
     assert (qp.qmin, qp.qmax, qp.granularity) == (ref_qp.qmin, ref_qp.qmax, ref_qp.granularity)
-    t = rtn_tensor(w, INT8, PerAxis(0))
+    t = rtn_tensor(w, WeightFormat(INT8, PerAxis(0)))
     assert torch.equal(t.codes(), ref_codes) and torch.equal(t.scale, ref_qp.scale)
 
 
@@ -59,7 +60,8 @@ def test_other_options_take_the_affine_path(options, monkeypatch):
     opts = dict(options)
     w = opts.pop("w", torch.randn(16, 64))
     granularity = opts.pop("granularity", PerAxis(0))
-    rtn_tensor(w, INT8, granularity, **opts)
+    call = {k: opts.pop(k) for k in ("clip", "rounding") if k in opts}
+    rtn_quantize(w, WeightFormat(INT8, granularity, **opts), **call)
 
 
 def test_non_finite_weights_are_refused_on_both_paths():
@@ -67,4 +69,4 @@ def test_non_finite_weights_are_refused_on_both_paths():
     w[1, 2] = float("nan")
     for g in (PerAxis(0), PerGroup(4)):
         with pytest.raises(InvalidInputError, match=r"NaN|finite"):
-            rtn_tensor(w, INT8, g)
+            rtn_tensor(w, WeightFormat(INT8, g))

@@ -8,6 +8,7 @@ import torch
 from lowbit.algorithms import rtn_tensor
 from lowbit.formats.affine import QParams
 from lowbit.formats.sqnr import sqnr_db
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
 from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams, run_pair
 
@@ -147,7 +148,7 @@ def test_per_token_dynamic_matches_its_reference(batch: int, relu: bool, zero_po
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 24)
-    weight = rtn_tensor(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(linear.weight.detach(), WeightFormat(IntType(8, True), PerAxis(0)))
     kw = dict(mode="dynamic", per_token=True, token_zero_point=zero_point, relu=relu)
     fast = QuantLinear.from_float(linear, weight, **kw)
     ref = QuantLinear.from_float(linear, weight, **kw, kernel=REFERENCE_NAME)
@@ -171,7 +172,7 @@ def test_per_token_c_loops_and_torch_fallback_give_the_same_output(
 
     torch.manual_seed(3)
     linear = torch.nn.Linear(96, 40)
-    weight = rtn_tensor(linear.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(linear.weight.detach(), WeightFormat(IntType(8, True), PerAxis(0)))
     layer = QuantLinear.from_float(
         linear, weight, mode="dynamic", per_token=True, token_zero_point=zero_point
     )

@@ -10,8 +10,9 @@ import torch
 
 from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidSpecError
-from lowbit.formats.granularity import PerAxis, PerGroup
+from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import BINARY, FP8_E4M3, NF4, TERNARY, IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import (
     DEFAULT_REGISTRY,
     MODES,
@@ -23,7 +24,6 @@ from lowbit.kernels import (
     explain_choice,
     select_kernel,
 )
-from lowbit.tensors import CodebookPackedTensor, Float8Tensor, LevelsPackedTensor
 from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 QP = activation_qparams(0.05, 128)
@@ -38,11 +38,13 @@ def facts(mode: str) -> dict:
 
 
 REFERENCE_ONLY = {
-    "nf4": lambda: CodebookPackedTensor.quantize(torch.randn(32, 64), NF4, PerGroup(32)),
-    "binary": lambda: LevelsPackedTensor.quantize(torch.randn(32, 64), BINARY, PerAxis(0)),
-    "ternary": lambda: LevelsPackedTensor.quantize(torch.randn(32, 64), TERNARY),
-    "fp8": lambda: Float8Tensor.quantize(torch.randn(32, 64), FP8_E4M3),
-    "int8-per-group": lambda: rtn_tensor(torch.randn(32, 64), IntType(8, True), PerGroup(32)),
+    "nf4": lambda: rtn_tensor(torch.randn(32, 64), WeightFormat(NF4, PerGroup(32))),
+    "binary": lambda: rtn_tensor(torch.randn(32, 64), WeightFormat(BINARY, PerAxis(0))),
+    "ternary": lambda: rtn_tensor(torch.randn(32, 64), WeightFormat(TERNARY, PerTensor())),
+    "fp8": lambda: rtn_tensor(torch.randn(32, 64), WeightFormat(FP8_E4M3, PerTensor())),
+    "int8-per-group": lambda: rtn_tensor(
+        torch.randn(32, 64), WeightFormat(IntType(8, True), PerGroup(32))
+    ),
 }
 
 
@@ -74,7 +76,7 @@ def test_priorities_pick_the_fast_kernel_per_mode() -> None:
 
 
 def test_considered_lists_every_entry_of_the_op_with_reasons() -> None:
-    w = rtn_tensor(torch.randn(20, 64), IntType(4, True), PerGroup(32))
+    w = rtn_tensor(torch.randn(20, 64), WeightFormat(IntType(4, True), PerGroup(32)))
     entry, considered = select_kernel("linear", w, "weight_only")
     assert entry.name == REFERENCE_NAME
     assert {c.name for c in considered} == {e.name for e in DEFAULT_REGISTRY.for_op("linear")}
@@ -168,11 +170,12 @@ def test_quantized_paths_run_under_warnings_as_errors() -> None:
         "from lowbit.kernels import activation_qparams as a;"
         "from lowbit.algorithms import rtn_tensor as T;"
         "from lowbit.formats.granularity import PerAxis; from lowbit.formats.qtypes import IntType;"
-        "w = T(torch.randn(8, 16), IntType(8, True), PerAxis(0));"
+        "from lowbit.formats import WeightFormat as F;"
+        "w = T(torch.randn(8, 16), F(IntType(8, True), PerAxis(0)));"
         "QuantLinear(w, mode='dynamic')(torch.randn(2, 16));"
         "QuantLinear(w, mode='static', input_qparams=a(.05, 128), output_qparams=a(.05, 128),"
         " keep_quantized_output=True)(torch.randn(2, 16)).dequantize();"
-        "c = T(torch.randn(4, 2, 3, 3), IntType(8, True), PerAxis(0));"
+        "c = T(torch.randn(4, 2, 3, 3), F(IntType(8, True), PerAxis(0)));"
         "QuantConv2d(c, mode='static', input_qparams=a(.05, 128),"
         " output_qparams=a(.05, 128))(torch.randn(1, 2, 5, 5))"
     )

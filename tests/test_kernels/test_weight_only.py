@@ -9,6 +9,7 @@ from lowbit.algorithms import rtn_tensor
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
 from lowbit.formats.sqnr import sqnr_db
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import DEFAULT_REGISTRY, LayerSpec
 from lowbit.kernels.weight_only import int4pack_codes, int4pack_scale_zero
 from lowbit_testkit.kernel_helpers import int8_weight, run_pair
@@ -53,7 +54,7 @@ def test_int8pack_matches_reference(batch: int, k: int, n: int, relu: bool) -> N
 @pytest.mark.parametrize("group", [32, 128])
 def test_int4pack_scale_zero_is_an_exact_conversion(form: dict, group: int) -> None:
     kw = dict(form)
-    w = rtn_tensor(torch.randn(16, 256), kw.pop("qtype"), PerGroup(group), **kw)
+    w = rtn_tensor(torch.randn(16, 256), WeightFormat(kw.pop("qtype"), PerGroup(group), **kw))
     scale, zero = int4pack_scale_zero(w)
     u = int4pack_codes(w).float()
     assert u.min() >= 0 and u.max() <= 15
@@ -66,7 +67,7 @@ def test_int4pack_scale_zero_is_an_exact_conversion(form: dict, group: int) -> N
 @pytest.mark.parametrize("batch", [1, 3, 32])
 def test_int4pack_matches_reference(form: dict, batch: int) -> None:
     kw = dict(form)
-    w = rtn_tensor(torch.randn(32, 128), kw.pop("qtype"), PerGroup(32), **kw)
+    w = rtn_tensor(torch.randn(32, 128), WeightFormat(kw.pop("qtype"), PerGroup(32), **kw))
     b = torch.randn(32)
     x = torch.randn(batch, 128)
     y, yr = run_pair(DEFAULT_REGISTRY, "linear", w, b, SPEC, W4, x)
@@ -77,7 +78,7 @@ def test_int4pack_matches_reference(form: dict, batch: int) -> None:
 @pytest.mark.parametrize("in_features", [80, 576])
 def test_int4pack_pads_a_ragged_last_group(in_features: int) -> None:
     """576 = 4.5 groups of 128 (SmolLM2's hidden size): the kernel pads to whole groups."""
-    w = rtn_tensor(torch.randn(32, in_features), IntType(4, True), PerGroup(128))
+    w = rtn_tensor(torch.randn(32, in_features), WeightFormat(IntType(4, True), PerGroup(128)))
     assert DEFAULT_REGISTRY.get("linear", W4).applies(w, SPEC) is None
     x = torch.randn(3, in_features)
     y, yr = run_pair(DEFAULT_REGISTRY, "linear", w, torch.randn(32), SPEC, W4, x)
@@ -86,7 +87,7 @@ def test_int4pack_pads_a_ragged_last_group(in_features: int) -> None:
 
 
 def test_int4pack_group_sizes_and_fp16_input() -> None:
-    w = rtn_tensor(torch.randn(48, 512), IntType(4, True), PerGroup(256))
+    w = rtn_tensor(torch.randn(48, 512), WeightFormat(IntType(4, True), PerGroup(256)))
     x = torch.randn(2, 7, 512, dtype=torch.float16)
     y, yr = run_pair(DEFAULT_REGISTRY, "linear", w, None, SPEC, W4, x)
     assert y.shape == (2, 7, 48) and y.dtype == torch.float16
@@ -97,15 +98,15 @@ def test_int4pack_group_sizes_and_fp16_input() -> None:
     ("weight", "match"),
     [
         (
-            lambda: rtn_tensor(torch.randn(20, 64), IntType(4, True), PerGroup(32)),
+            lambda: rtn_tensor(torch.randn(20, 64), WeightFormat(IntType(4, True), PerGroup(32))),
             "out_features % 16",
         ),
         (
-            lambda: rtn_tensor(torch.randn(16, 64), IntType(4, True), PerGroup(16)),
+            lambda: rtn_tensor(torch.randn(16, 64), WeightFormat(IntType(4, True), PerGroup(16))),
             "group size",
         ),
         (
-            lambda: rtn_tensor(torch.randn(16, 64), IntType(4, True), PerAxis(0)),
+            lambda: rtn_tensor(torch.randn(16, 64), WeightFormat(IntType(4, True), PerAxis(0))),
             "per-group",
         ),
     ],
@@ -117,11 +118,13 @@ def test_int4pack_reasons(weight, match: str) -> None:
 
 def test_int8pack_reasons() -> None:
     entry = DEFAULT_REGISTRY.get("linear", W8)
-    int4 = rtn_tensor(torch.randn(16, 64), IntType(4, True), PerAxis(0))
+    int4 = rtn_tensor(torch.randn(16, 64), WeightFormat(IntType(4, True), PerAxis(0)))
     assert "8-bit codes" in entry.applies(int4, SPEC)
     assert "in_features % 16" in entry.applies(int8_weight(16, 40), SPEC)
-    asym = rtn_tensor(torch.randn(16, 64), IntType(8, True), PerAxis(0), symmetric=False)
+    asym = rtn_tensor(
+        torch.randn(16, 64), WeightFormat(IntType(8, True), PerAxis(0), symmetric=False)
+    )
     assert "symmetric" in entry.applies(asym, SPEC)
-    grouped = rtn_tensor(torch.randn(16, 64), IntType(8, True), PerGroup(32))
+    grouped = rtn_tensor(torch.randn(16, 64), WeightFormat(IntType(8, True), PerGroup(32)))
     assert "per-output-channel" in entry.applies(grouped, SPEC)
     assert "weight_only" in entry.applies(int8_weight(16, 64), LayerSpec("linear", "dynamic"))

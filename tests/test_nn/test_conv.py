@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidSpecError
 from lowbit.formats.sqnr import sqnr_db
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import REFERENCE_NAME
 from lowbit.nn import QuantConv2d
 from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
@@ -149,7 +150,7 @@ def test_keep_quantized_output_can_be_switched_after_construction() -> None:
     from lowbit.nn import QuantConv2d
 
     conv = torch.nn.Conv2d(3, 4, 3)
-    weight = rtn_tensor(conv.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(conv.weight.detach(), WeightFormat(IntType(8, True), PerAxis(0)))
     qp = activation_qparams(0.05, 128)
     module = QuantConv2d.from_float(
         conv, weight, mode="static", input_qparams=qp, output_qparams=qp

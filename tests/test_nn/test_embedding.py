@@ -10,6 +10,7 @@ from torch import nn
 from lowbit.algorithms import rtn_tensor
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import REFERENCE_NAME
 from lowbit.nn import QuantEmbedding
 from lowbit.tensors import IntPackedTensor
@@ -18,7 +19,7 @@ from lowbit.tensors import IntPackedTensor
 def _table(granularity=PerAxis(0), bits=8) -> tuple[nn.Embedding, IntPackedTensor]:
     torch.manual_seed(0)
     emb = nn.Embedding(50, 12)
-    return emb, rtn_tensor(emb.weight.detach(), IntType(bits, True), granularity)
+    return emb, rtn_tensor(emb.weight.detach(), WeightFormat(IntType(bits, True), granularity))
 
 
 def test_int8_rows_equal_the_dequantized_table() -> None:
@@ -47,7 +48,7 @@ def test_padding_idx_survives_the_state_round_trip() -> None:
     """Issue 12: from_state dropped padding_idx."""
     torch.manual_seed(0)
     emb = nn.Embedding(20, 8, padding_idx=3)
-    weight = rtn_tensor(emb.weight.detach(), IntType(8, True), PerAxis(0))
+    weight = rtn_tensor(emb.weight.detach(), WeightFormat(IntType(8, True), PerAxis(0)))
     tensors, meta = QuantEmbedding.from_float(emb, weight).to_state()
     assert QuantEmbedding.from_state(tensors, json.loads(json.dumps(meta))).padding_idx == 3
     del meta["padding_idx"]  # a state written before padding_idx was saved: the default

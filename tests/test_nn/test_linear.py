@@ -11,17 +11,17 @@ from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.formats.granularity import PerGroup
 from lowbit.formats.qtypes import NF4, IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels import REFERENCE_NAME, explain
 from lowbit.nn import QuantConv2d, QuantLinear
-from lowbit.tensors import CodebookPackedTensor
 from lowbit_testkit.kernel_helpers import int8_weight, minmax_qparams
 
 WEIGHTS = {
     "int8": lambda: int8_weight(32, 64),
     "int4-g32": lambda: rtn_tensor(
-        torch.randn(32, 64), IntType(4, False), PerGroup(32), symmetric=False
+        torch.randn(32, 64), WeightFormat(IntType(4, False), PerGroup(32), symmetric=False)
     ),
-    "nf4": lambda: CodebookPackedTensor.quantize(torch.randn(32, 64), NF4, PerGroup(32)),
+    "nf4": lambda: rtn_tensor(torch.randn(32, 64), WeightFormat(NF4, PerGroup(32))),
 }
 
 
@@ -95,8 +95,8 @@ def test_explain_reports_each_layer() -> None:
     model = torch.nn.Sequential(
         QuantLinear(int8_weight(32, 64), mode="dynamic"),
         torch.nn.ReLU(),
-        QuantLinear(CodebookPackedTensor.quantize(torch.randn(32, 32), NF4, PerGroup(32))),
-        QuantLinear(rtn_tensor(torch.randn(20, 32), IntType(4, True), PerGroup(32))),
+        QuantLinear(rtn_tensor(torch.randn(32, 32), WeightFormat(NF4, PerGroup(32)))),
+        QuantLinear(rtn_tensor(torch.randn(20, 32), WeightFormat(IntType(4, True), PerGroup(32)))),
     )
     rows = explain(model).rows
     assert [r.module for r in rows] == ["0", "2", "3"]
@@ -110,7 +110,7 @@ def test_explain_reports_each_layer() -> None:
 def test_per_tensor_int8_weight_runs_the_int8_kernels() -> None:
     from lowbit.formats.granularity import PerTensor
 
-    w = rtn_tensor(torch.randn(16, 32), IntType(8, True), PerTensor())
+    w = rtn_tensor(torch.randn(16, 32), WeightFormat(IntType(8, True), PerTensor()))
     x = torch.randn(3, 32)
     fast = QuantLinear(w, mode="dynamic")
     assert fast.kernel_name.startswith("int8 dynamic")

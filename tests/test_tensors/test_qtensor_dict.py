@@ -10,13 +10,10 @@ import torch
 from lowbit.algorithms import rtn_tensor
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
-from lowbit.formats.qtypes import IntType
+from lowbit.formats.qtypes import FP8_E4M3, FP16, NF4, TERNARY, IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.tensors import (
     QTENSOR_KINDS,
-    CodebookPackedTensor,
-    Float8Tensor,
-    FloatCastTensor,
-    LevelsPackedTensor,
     granularity_from_dict,
     granularity_to_dict,
     qtensor_from_dict,
@@ -24,11 +21,11 @@ from lowbit.tensors import (
 
 W = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
 ALL = [
-    rtn_tensor(W, IntType(4, False), PerGroup(8), symmetric=False),
-    Float8Tensor.quantize(W),
-    FloatCastTensor.quantize(W),
-    CodebookPackedTensor.quantize(W),
-    LevelsPackedTensor.quantize(W),
+    rtn_tensor(W, WeightFormat(IntType(4, False), PerGroup(8), symmetric=False)),
+    rtn_tensor(W, WeightFormat(FP8_E4M3, PerTensor())),
+    rtn_tensor(W, WeightFormat(FP16)),
+    rtn_tensor(W, WeightFormat(NF4, PerGroup(64))),
+    rtn_tensor(W, WeightFormat(TERNARY, PerTensor())),
 ]
 
 

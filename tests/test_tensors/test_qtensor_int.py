@@ -11,6 +11,7 @@ from lowbit.errors import InvalidInputError
 from lowbit.formats.affine import choose_qparams, fake_quantize, quantize
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.tensors import IntPackedTensor
 
 GRANULARITIES = [PerTensor(), PerAxis(0), PerGroup(4), PerGroup(5), PerGroup(5, axis=0)]
@@ -29,7 +30,7 @@ def test_matches_formats_and_round_trips(bits, granularity, symmetric, form, sig
     w = _weight()  # 13 columns: groups of 4 and 5 are ragged
     qtype = IntType(bits, signed)
     kw = {"symmetric": symmetric, "form": form}
-    qt = rtn_tensor(w, qtype, granularity, **kw)
+    qt = rtn_tensor(w, WeightFormat(qtype, granularity, **kw))
     qp = choose_qparams(w, qtype, granularity, **kw)
     assert torch.equal(qt.codes(), quantize(w, qp))
     assert torch.equal(qt.dequantize(), fake_quantize(w, qp))
@@ -40,20 +41,24 @@ def test_matches_formats_and_round_trips(bits, granularity, symmetric, form, sig
 
 def test_nbytes_int4_g128_by_hand():
     w = _weight((256, 256))
-    qt = rtn_tensor(w, IntType(4, True), PerGroup(128))
+    qt = rtn_tensor(w, WeightFormat(IntType(4, True), PerGroup(128)))
     assert qt.nbytes == 256 * 256 // 2 + 256 * 2 * 4  # packed nibbles + fp32 scales
     assert qt.bits_per_weight == 8 * qt.nbytes / w.numel()
-    half = rtn_tensor(w, IntType(4, True), PerGroup(128), scale_dtype=torch.float16)
+    half = rtn_tensor(w, WeightFormat(IntType(4, True), PerGroup(128), scale_dtype=torch.float16))
     assert half.scale.dtype == torch.float16
     assert half.bits_per_weight == 4.125
-    zp = rtn_tensor(w, IntType(4, False), PerGroup(128), symmetric=False, form="zero_point")
+    zp = rtn_tensor(
+        w, WeightFormat(IntType(4, False), PerGroup(128), symmetric=False, form="zero_point")
+    )
     assert zp.nbytes == 32768 + 256 * 2 * 4 + 256 * 2 * 1  # uint8 zero points
 
 
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_scales_are_what_the_codes_use(scale_dtype, roundtrip):
     w = _weight((8, 64))
-    qt = rtn_tensor(w, IntType(3, False), PerGroup(16), symmetric=False, scale_dtype=scale_dtype)
+    qt = rtn_tensor(
+        w, WeightFormat(IntType(3, False), PerGroup(16), symmetric=False, scale_dtype=scale_dtype)
+    )
     assert qt.scale.dtype == qt.offset.dtype == scale_dtype
     qp = qt.qparams  # the stored (rounded) scale, widened: recomputing codes must agree
     assert torch.equal(qt.codes(), quantize(w, qp))
@@ -79,7 +84,7 @@ def test_from_codes_wraps_external_codes(roundtrip):
 
 def test_dequantize_dtype_and_tiny_scales():
     w = _weight((4, 16))
-    qt = rtn_tensor(w, IntType(8, True), PerAxis(0))
+    qt = rtn_tensor(w, WeightFormat(IntType(8, True), PerAxis(0)))
     assert qt.dequantize(torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(InvalidInputError, match="float32"):
-        rtn_tensor(w * 1e-9, IntType(8, True), PerTensor(), scale_dtype=torch.float16)
+        rtn_tensor(w * 1e-9, WeightFormat(IntType(8, True), PerTensor(), scale_dtype=torch.float16))

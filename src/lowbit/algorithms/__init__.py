@@ -8,11 +8,10 @@ LSQ) is arithmetic that the QAT modules (lowbit.nn, below this layer) call: it l
 """
 
 from lowbit.algorithms.gptq import gptq_quantize
-from lowbit.algorithms.rtn import rtn_quantize, rtn_tensor, weight_granularity
+from lowbit.algorithms.rtn import rtn_quantize, rtn_tensor
 
 __all__ = [
     "gptq_quantize",
     "rtn_quantize",
     "rtn_tensor",
-    "weight_granularity",
 ]

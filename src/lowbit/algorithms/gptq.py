@@ -41,12 +41,12 @@ from collections.abc import Iterator
 
 import torch
 
-from lowbit.algorithms.rtn import check_weight, weight_granularity
+from lowbit.algorithms.rtn import check_weight, stored_qparams
 from lowbit.errors import InvalidInputError, InvalidSpecError
-from lowbit.formats.affine import AsymmetricForm, QParams, choose_qparams, dequantize, quantize
+from lowbit.formats.affine import QParams, choose_qparams, dequantize, quantize
 from lowbit.formats.checks import check_finite
 from lowbit.formats.granularity import PerAxis, PerGroup
-from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
 
 __all__ = ["gptq_quantize"]
 
@@ -120,6 +120,21 @@ def _damped_inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
         d = min(max(10 * d, 0.01), _MAX_DAMP)
 
 
+def _group_size(fmt: WeightFormat) -> int | None:
+    """The group size GPTQ works with (None: per output channel), or the reason it cannot."""
+    if fmt.family != "int":
+        raise InvalidSpecError(f"GPTQ rounds integer formats, not {fmt.qtype.name}")
+    g = fmt.granularity
+    if isinstance(g, PerAxis) and g.axis == 0:
+        return None
+    if isinstance(g, PerGroup) and g.axis in (-1, 1):
+        return g.size
+    raise InvalidSpecError(
+        f"GPTQ stores one scale per output channel (PerAxis(0)) or per group along the input "
+        f"dim (PerGroup(size)), not {g}; pick one of those"
+    )
+
+
 def _stack(params: list[QParams], group_size: int) -> QParams:
     """Per-group QParams (each PerAxis(0), shape (N,)) as one PerGroup QParams (N, G)."""
     first = params[0]
@@ -143,12 +158,8 @@ def _stack(params: list[QParams], group_size: int) -> QParams:
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
+    fmt: WeightFormat,
     *,
-    qtype: IntType,
-    group_size: int | None,
-    symmetric: bool = True,
-    restricted: bool = True,
-    form: AsymmetricForm = "offset",
     damp: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
@@ -160,10 +171,9 @@ def gptq_quantize(
         weight: (N, K) float tensor (out_features, in_features); not modified.
         hessian: (K, K) float tensor, 2/n·XᵀX of the layer's inputs (HessianObserver);
             float64 keeps the factorisation in float64. Not modified.
-        qtype: integer code type (e.g. ``get_qtype("int4")``).
-        group_size: inputs per scale, or None for one scale per output channel. K need not
-            be a multiple of it (the last group is shorter).
-        symmetric, restricted, form: as in ``lowbit.formats.affine.choose_qparams``.
+        fmt: an integer WeightFormat with PerAxis(0) (one scale per output channel) or
+            PerGroup(size) along the input dim (K need not be a multiple of it; the last
+            group is shorter); its symmetry, form, range and scale dtype are used.
         damp: dampening as a fraction of mean(diag H) (the reference's percdamp).
         act_order: quantize columns by descending diag(H); with groups it needs
             ``static_groups=True``.
@@ -171,8 +181,8 @@ def gptq_quantize(
         block_size: columns per lazy batch update (speed only).
 
     Returns:
-        (codes, qparams): codes (N, K) int8/uint8 (qtype's storage), qparams with
-        PerGroup(group_size) or PerAxis(0) and float32 scales;
+        (codes, qparams): codes (N, K) int8/uint8 (the qtype's storage), qparams of
+        ``fmt.granularity`` with scales rounded to ``fmt.scale_dtype`` (widened to float32);
         ``formats.affine.dequantize(codes, qparams)`` is the quantized weight.
 
     Raises:
@@ -182,7 +192,7 @@ def gptq_quantize(
     """
     check_weight(weight)
     n, k = weight.shape
-    weight_granularity(group_size)  # validates group_size
+    group_size = _group_size(fmt)
     _check_hessian(hessian, k)
     if not (isinstance(damp, int | float) and math.isfinite(damp) and damp >= 0):
         raise InvalidSpecError(f"damp must be a finite number >= 0 (e.g. 0.01), got {damp!r}")
@@ -196,9 +206,15 @@ def gptq_quantize(
         )
 
     def choose(x: torch.Tensor) -> QParams:
-        return choose_qparams(
-            x, qtype, PerAxis(0), symmetric=symmetric, restricted=restricted, form=form
+        qp = choose_qparams(
+            x,
+            fmt.qtype,
+            PerAxis(0),
+            symmetric=fmt.symmetric,
+            restricted=fmt.restricted,
+            form=fmt.form,
         )
+        return stored_qparams(qp, fmt.scale_dtype)
 
     w = weight.detach().to(torch.float32, copy=True)
     check_finite(w, what="weight")
@@ -223,7 +239,7 @@ def gptq_quantize(
     del h
     order = perm.tolist()  # original column index of each processed column, on the host
 
-    codes = torch.empty(n, k, dtype=qtype.storage, device=w.device)
+    codes = torch.empty(n, k, dtype=fmt.qtype.storage, device=w.device)
     chosen: list[QParams] = []
     current = fixed  # per group: set at column 0, the first group's first column
     loss = torch.zeros((), dtype=torch.float64, device=w.device)

@@ -2,18 +2,18 @@
 and the one RTN every caller uses (recipes, GPTQ's layers outside the blocks, tests).
 
 Each weight is rounded independently with parameters chosen from its own block (per tensor,
-per output channel or per group). The arithmetic is ``lowbit.formats.affine``'s; this module
-picks the granularity, rounds the stored scales to their storage dtype *before* the codes
-are computed (so codes and stored parameters agree), and for the two common specs (int8 per
-output channel, int4 per group along the last axis, symmetric, float32 scales) takes
-``lowbit.formats.fused``'s codecs, which are bit-identical to the affine path (their tests
-prove it) and make fewer passes over memory. Containers only store the result:
-``rtn_tensor`` = ``IntPackedTensor.from_codes(*rtn_quantize(...))``.
+per output channel or per group), as its ``WeightFormat`` says. The arithmetic is in
+``lowbit.formats`` (affine for integers, codebook, levels, floats); this module rounds the
+stored scales to their storage dtype *before* the codes are computed (so codes and stored
+parameters agree) and hands the result to the family's container, which only stores it. For
+int8 per output channel (symmetric, float32 scales) it takes ``lowbit.formats.fused``'s
+codec, bit-identical to the affine path (its tests prove it) with fewer passes over memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,33 +21,31 @@ import torch
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats import fused
 from lowbit.formats.affine import (
-    AsymmetricForm,
     ClipRange,
     QParams,
     Rounding,
     choose_qparams,
     quantize,
 )
-from lowbit.formats.granularity import Granularity, PerAxis, PerGroup
+from lowbit.formats.codebook import choose_absmax_scale, quantize_codebook
+from lowbit.formats.floats import choose_float_scale, quantize_float
+from lowbit.formats.granularity import PerAxis
+from lowbit.formats.levels import choose_levels_scale, quantize_levels
 from lowbit.formats.qtypes import IntType
+from lowbit.formats.weight_format import WeightFormat
+from lowbit.tensors import (
+    CodebookPackedTensor,
+    Float8Tensor,
+    FloatCastTensor,
+    IntPackedTensor,
+    LevelsPackedTensor,
+    QTensor,
+)
 from lowbit.tensors.base import to_storage, widen
-from lowbit.tensors.integer import IntPackedTensor
 
-__all__ = ["rtn_quantize", "rtn_tensor", "weight_granularity"]
+__all__ = ["RTN_FAMILIES", "rtn_quantize", "rtn_tensor", "stored_qparams"]
 
 _INT8 = IntType(8, True)
-
-
-def weight_granularity(group_size: int | None) -> Granularity:
-    """PerAxis(0) (one scale per output channel) for None, else PerGroup(group_size) along
-    the input dimension: the layouts both RTN and GPTQ produce for a (N, K) weight."""
-    if group_size is None:
-        return PerAxis(0)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise InvalidSpecError(
-            f"group_size must be a positive int or None (per channel), got {group_size!r}"
-        )
-    return PerGroup(group_size)
 
 
 def check_weight(weight: torch.Tensor) -> None:
@@ -64,57 +62,122 @@ def check_weight(weight: torch.Tensor) -> None:
 
 def rtn_quantize(
     w: torch.Tensor,
-    qtype: IntType,
-    granularity: Granularity,
+    fmt: WeightFormat,
     *,
-    symmetric: bool = True,
-    restricted: bool = True,
-    form: AsymmetricForm = "offset",
     clip: ClipRange | None = None,
     rounding: Rounding = "half_even",
-    scale_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, QParams]:
-    """Round every element of ``w`` to the nearest code.
+    """Round every element of ``w`` to the nearest code of the integer format ``fmt``.
 
     Args:
         w: float tensor of any shape (a (N, K) Linear weight, an (O, I, kh, kw) conv kernel).
-        qtype: integer code type (e.g. ``get_qtype("int4")``; uint for asymmetric is fine).
-        granularity: which elements share parameters (``weight_granularity(group_size)`` gives
-            the per-channel / per-group layouts GPTQ produces, to compare like for like).
-        symmetric, restricted, form, clip, rounding: as in ``lowbit.formats.affine``.
-        scale_dtype: storage dtype of scale and offset; they are rounded to it before the
-            codes are computed, so the codes match the stored parameters.
+        fmt: an integer WeightFormat (``WeightFormat.of("int4", PerGroup(128))``); its
+            granularity, symmetry, form, range and scale dtype are used as they are.
+        clip, rounding: as in ``lowbit.formats.affine``.
 
     Returns:
         (codes, qparams): codes of ``w``'s shape (int8/uint8), qparams of
-        ``param_shape(w.shape, granularity)`` (scale and offset widened to float32); with
+        ``param_shape(w.shape, fmt.granularity)`` (scale and offset rounded to
+        ``fmt.scale_dtype`` before the codes are computed, then widened to float32); with
         float32 scales ``dequantize(codes, qparams) == fake_quantize(w, choose_qparams(...))``.
     """
-    fast = _fused_int8(w, qtype, granularity, symmetric, restricted, clip, rounding, scale_dtype)
+    if fmt.family != "int":
+        raise InvalidSpecError(
+            f"rtn_quantize rounds integer formats, not {fmt.qtype.name}; use rtn_tensor"
+        )
+    fast = _fused_int8(w, fmt, clip, rounding)
     if fast is not None:
         return fast
     qp = choose_qparams(
-        w, qtype, granularity, symmetric=symmetric, restricted=restricted, form=form, clip=clip
+        w,
+        fmt.qtype,
+        fmt.granularity,
+        symmetric=fmt.symmetric,
+        restricted=fmt.restricted,
+        form=fmt.form,
+        clip=clip,
     )
+    qp = stored_qparams(qp, fmt.scale_dtype)
+    return quantize(w, qp, rounding=rounding), qp
+
+
+def stored_qparams(qp: QParams, scale_dtype: torch.dtype) -> QParams:
+    """``qp`` with scale and offset rounded to their storage dtype (widened back to
+    float32), so codes computed from it agree with what the container stores."""
     scale = widen(to_storage(qp.scale, scale_dtype, name="scale", nonzero=True))
     offset = qp.offset
     if offset is not None:
         offset = widen(to_storage(offset, scale_dtype, name="offset"))
-    qp = dataclasses.replace(qp, scale=scale, offset=offset)
-    return quantize(w, qp, rounding=rounding), qp
+    return dataclasses.replace(qp, scale=scale, offset=offset)
 
 
-def rtn_tensor(
-    w: torch.Tensor, qtype: IntType, granularity: Granularity, **options: Any
-) -> IntPackedTensor:
-    """``rtn_quantize(w, qtype, granularity, **options)`` stored as an ``IntPackedTensor``."""
-    codes, qp = rtn_quantize(w, qtype, granularity, **options)
-    return IntPackedTensor.from_codes(
-        codes, qp, scale_dtype=options.get("scale_dtype", torch.float32)
+def rtn_tensor(w: torch.Tensor, fmt: WeightFormat, *, clip: ClipRange | None = None) -> QTensor:
+    """``w`` rounded to the nearest value of ``fmt``, in its family's container: the one RTN
+    for every format family (int: IntPackedTensor, codebook: CodebookPackedTensor, levels:
+    LevelsPackedTensor, float8: Float8Tensor, cast: FloatCastTensor)."""
+    if clip is not None and fmt.family != "int":
+        raise InvalidSpecError(f"a clip range applies to integer formats, not {fmt.qtype.name}")
+    w = w.detach()
+    return _RTN_BY_FAMILY[fmt.family](w, fmt, clip)
+
+
+def _rtn_int(w: torch.Tensor, fmt: WeightFormat, clip: ClipRange | None) -> QTensor:
+    codes, qp = rtn_quantize(w, fmt, clip=clip)
+    return IntPackedTensor.from_codes(codes, qp, scale_dtype=fmt.scale_dtype)
+
+
+def _rtn_codebook(w: torch.Tensor, fmt: WeightFormat, clip: None) -> QTensor:
+    """Nearest level to w / absmax per block (formats.codebook); the scale is rounded to its
+    storage dtype first so the indices match the stored scale."""
+    scale = to_storage(
+        choose_absmax_scale(w, fmt.granularity), fmt.scale_dtype, name="scale", nonzero=True
+    )
+    codes = quantize_codebook(w, widen(scale), fmt.granularity, fmt.qtype)
+    return CodebookPackedTensor.from_codes(
+        codes, scale, qtype=fmt.qtype, granularity=fmt.granularity, scale_dtype=fmt.scale_dtype
     )
 
 
-def _fused_int8(w, qtype, granularity, symmetric, restricted, clip, rounding, scale_dtype):
+def _rtn_levels(w: torch.Tensor, fmt: WeightFormat, clip: None) -> QTensor:
+    """Binary (XNOR-Net) or ternary (TWN) codes (formats.levels); the codes do not depend on
+    the magnitude, so rounding it to its storage dtype is harmless."""
+    scale, threshold = choose_levels_scale(w, fmt.qtype, fmt.granularity)
+    codes = quantize_levels(w, threshold, fmt.qtype, fmt.granularity)
+    return LevelsPackedTensor.from_codes(
+        codes, scale, qtype=fmt.qtype, granularity=fmt.granularity, scale_dtype=fmt.scale_dtype
+    )
+
+
+def _rtn_float8(w: torch.Tensor, fmt: WeightFormat, clip: None) -> QTensor:
+    """Scale by amax / fp8_max per block, then cast (formats.floats)."""
+    scale = to_storage(
+        choose_float_scale(w, fmt.qtype, fmt.granularity),
+        fmt.scale_dtype,
+        name="scale",
+        nonzero=True,
+    )
+    data = quantize_float(w, fmt.qtype, widen(scale), fmt.granularity).contiguous()
+    return Float8Tensor(data, scale, fmt.granularity)
+
+
+def _rtn_cast(w: torch.Tensor, fmt: WeightFormat, clip: None) -> QTensor:
+    """A plain cast to fp32/fp16/bf16 (round to nearest even)."""
+    return FloatCastTensor(quantize_float(w, fmt.qtype).contiguous())
+
+
+# format family -> its RTN (and so its container): the one place the choice is made;
+# tests/test_formats/test_weight_format.py checks that every family has one
+_RTN_BY_FAMILY: dict[str, Callable[[torch.Tensor, WeightFormat, Any], QTensor]] = {
+    "int": _rtn_int,
+    "codebook": _rtn_codebook,
+    "levels": _rtn_levels,
+    "float8": _rtn_float8,
+    "cast": _rtn_cast,
+}
+RTN_FAMILIES: frozenset[str] = frozenset(_RTN_BY_FAMILY)
+
+
+def _fused_int8(w, fmt, clip, rounding):
     """(codes, qparams) from formats.fused for the options it implements (symmetric
     restricted int8 per output channel, half to even, no clip, float32 in and out), else None.
     (Its int4 codec is not used: it packs q + 7, the container stores q - qtype.qmin.)"""
@@ -123,15 +186,15 @@ def _fused_int8(w, qtype, granularity, symmetric, restricted, clip, rounding, sc
         and w.dtype == torch.float32
         and w.dim() >= 2
         and w.numel() > 0
-        and scale_dtype == torch.float32
-        and symmetric
-        and restricted
+        and fmt.scale_dtype == torch.float32
+        and fmt.symmetric
+        and fmt.restricted
         and clip is None
         and rounding == "half_even"
-        and qtype == _INT8
-        and isinstance(granularity, PerAxis)
-        and granularity.axis in (0, -w.dim())
+        and fmt.qtype == _INT8
+        and isinstance(fmt.granularity, PerAxis)
+        and fmt.granularity.axis in (0, -w.dim())
     ):
         return None
     codes, scale = fused.quantize_int8_per_channel(w)
-    return codes, QParams(scale, qtype, granularity, -qtype.qmax, qtype.qmax)
+    return codes, QParams(scale, _INT8, fmt.granularity, -_INT8.qmax, _INT8.qmax)

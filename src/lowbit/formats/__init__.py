@@ -6,6 +6,7 @@ from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.packing import pack_codes, unpack_codes
 from lowbit.formats.qtypes import QTYPES, get_qtype
 from lowbit.formats.sqnr import sqnr_db
+from lowbit.formats.weight_format import WeightFormat
 
 __all__ = [
     "QTYPES",
@@ -13,6 +14,7 @@ __all__ = [
     "PerGroup",
     "PerTensor",
     "QParams",
+    "WeightFormat",
     "choose_qparams",
     "dequantize",
     "fake_quantize",

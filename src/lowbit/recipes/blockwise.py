@@ -218,26 +218,11 @@ def _algorithm_weights(block, inputs, linears, specs) -> dict[str, Any]:
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> Any:
     """GPTQ-rounded IntPackedTensor of ``weight`` for an integer weight spec."""
     from lowbit.algorithms.gptq import gptq_quantize
-    from lowbit.formats.granularity import PerGroup
-    from lowbit.formats.qtypes import IntType, get_qtype
-    from lowbit.recipes.weights import scale_dtype_of
     from lowbit.tensors import IntPackedTensor
 
-    w = spec.weight
-    qtype = get_qtype(w.format)
-    if not isinstance(qtype, IntType):
-        raise InvalidSpecError(f"GPTQ rounds integer formats, not {w.format!r}")
-    group = w.granularity.size if isinstance(w.granularity, PerGroup) else None
-    codes, qparams = gptq_quantize(
-        weight.float(),
-        hessian,
-        qtype=IntType(qtype.bits, w.symmetric),
-        group_size=group,
-        symmetric=w.symmetric,
-        form=w.form,
-        **_options(spec),
-    )
-    return IntPackedTensor.from_codes(codes, qparams, scale_dtype=scale_dtype_of(w))
+    fmt = spec.weight.weight_format()
+    codes, qparams = gptq_quantize(weight.float(), hessian, fmt, **_options(spec))
+    return IntPackedTensor.from_codes(codes, qparams, scale_dtype=fmt.scale_dtype)
 
 
 def quantize_blockwise(model: nn.Module, plan: dict[str, QuantSpec], batches: list[Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from lowbit.errors import InvalidSpecError, UnsupportedFormatError
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
 from lowbit.formats.qtypes import QTYPES, FloatType
+from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels.registry import check_per_token
 from lowbit.tensors.base import granularity_from_dict, granularity_to_dict
 
@@ -36,6 +37,16 @@ class WeightSpec:
     symmetric: bool = True
     form: str = "offset"
     scale_dtype: str = "float32"
+
+    def weight_format(self) -> WeightFormat:
+        """The L0 WeightFormat this spec names (what RTN, GPTQ and size accounting take)."""
+        return WeightFormat.of(
+            self.format,
+            self.granularity,
+            symmetric=self.symmetric,
+            form=self.form,  # type: ignore[arg-type]
+            scale_dtype=self.scale_dtype,
+        )
 
     def describe(self) -> str:
         g = self.granularity

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.formats.codebook import choose_absmax_scale, dequantize_codebook, quantize_codebook
-from lowbit.formats.granularity import Granularity, PerGroup
-from lowbit.formats.qtypes import NF4, CodebookType
-from lowbit.tensors.base import LevelCodesTensor, to_storage, widen
+from lowbit.formats.codebook import dequantize_codebook
+from lowbit.formats.qtypes import CodebookType
+from lowbit.tensors.base import LevelCodesTensor, widen
 
 
 class CodebookPackedTensor(LevelCodesTensor):
@@ -17,23 +16,6 @@ class CodebookPackedTensor(LevelCodesTensor):
 
     kind = "codebook_packed"
     family = CodebookType
-
-    @classmethod
-    def quantize(
-        cls,
-        w: torch.Tensor,
-        qtype: CodebookType = NF4,
-        granularity: Granularity = PerGroup(64),
-        *,
-        scale_dtype: torch.dtype = torch.float32,
-    ) -> CodebookPackedTensor:
-        """Nearest level to w / absmax per block (formats.codebook); the scale is rounded to
-        ``scale_dtype`` first so the indices match the stored scale."""
-        scale = to_storage(
-            choose_absmax_scale(w, granularity), scale_dtype, name="scale", nonzero=True
-        )
-        codes = quantize_codebook(w, widen(scale), granularity, qtype)
-        return cls.from_codes(codes, scale, qtype=qtype, granularity=granularity)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """x' = s·level[q]."""

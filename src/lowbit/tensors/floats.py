@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
-from lowbit.errors import InvalidInputError, InvalidSpecError
-from lowbit.formats.floats import choose_float_scale, dequantize_float, quantize_float
+from lowbit.errors import InvalidInputError
+from lowbit.formats.floats import dequantize_float
 from lowbit.formats.granularity import Granularity, PerTensor, param_shape
 from lowbit.formats.qtypes import BF16, FP8_E4M3, FP8_E5M2, FP16, FP32, FloatType
 from lowbit.tensors.base import (
@@ -22,7 +22,6 @@ from lowbit.tensors.base import (
     granularity_from_dict,
     granularity_to_dict,
     qtype_of,
-    to_storage,
     widen,
 )
 
@@ -58,24 +57,6 @@ class Float8Tensor(QTensor):
         check_shape("scale", scale, param_shape(self.shape, granularity))
         self.data, self.scale, self.granularity = data, scale, granularity
 
-    @classmethod
-    def quantize(
-        cls,
-        w: torch.Tensor,
-        qtype: FloatType = FP8_E4M3,
-        granularity: Granularity = PerTensor(),
-        *,
-        scale_dtype: torch.dtype = torch.float32,
-    ) -> Float8Tensor:
-        """Scale by amax / fp8_max per block, then cast (formats.floats)."""
-        if not qtype.scaled:
-            raise InvalidSpecError(f"{qtype.name} is a plain cast; use FloatCastTensor")
-        scale = to_storage(
-            choose_float_scale(w, qtype, granularity), scale_dtype, name="scale", nonzero=True
-        )
-        data = quantize_float(w, qtype, widen(scale), granularity).contiguous()
-        return cls(data, scale, granularity)
-
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """x' = s·float(q)."""
         return dequantize_float(self.data, widen(self.scale), self.granularity, dtype)
@@ -104,13 +85,6 @@ class FloatCastTensor(QTensor):
         self.qtype = _qtype_of_data(data, _CAST_BY_DTYPE, self.kind)
         self.shape = tuple(data.shape)
         self.data = data
-
-    @classmethod
-    def quantize(cls, w: torch.Tensor, qtype: FloatType = FP16) -> FloatCastTensor:
-        """Cast ``w`` to ``qtype``'s dtype."""
-        if qtype.scaled:
-            raise InvalidSpecError(f"{qtype.name} needs a scale; use Float8Tensor")
-        return cls(quantize_float(w, qtype).contiguous())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_float(self.data, dtype=dtype)
