@@ -10,10 +10,21 @@ from __future__ import annotations
 from lowbit.errors import UnsupportedFormatError
 
 from ._common import BlockCodec
+from .kquants import Q4KCodec, Q5KCodec, Q6KCodec
 from .legacy import Q40Codec, Q41Codec, Q50Codec, Q51Codec, Q80Codec
 
 BLOCK_TYPES: dict[str, BlockCodec] = {
-    c.name: c for c in (Q80Codec(), Q40Codec(), Q41Codec(), Q50Codec(), Q51Codec())
+    c.name: c
+    for c in (
+        Q80Codec(),
+        Q40Codec(),
+        Q41Codec(),
+        Q50Codec(),
+        Q51Codec(),
+        Q4KCodec(),
+        Q5KCodec(),
+        Q6KCodec(),
+    )
 }
 
 

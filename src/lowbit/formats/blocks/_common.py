@@ -137,3 +137,9 @@ class BlockCodec:
 
     def _dequantize_blocks(self, raw: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def rdiv(a: float, t: torch.Tensor) -> torch.Tensor:
+    """The float32 quotient a / t, correctly rounded like C's a/t. (Python's `a / tensor` is
+    torch's reciprocal(t) * a, which differs from a/t in the last bit for most a.)"""
+    return torch.div(torch.full_like(t, a), t)

@@ -22,6 +22,7 @@ from ._common import (
     fp16_from_bytes,
     pack_bits32,
     pack_nibbles,
+    rdiv,
     roundf,
     unpack_bits32,
     unpack_nibbles,
@@ -34,7 +35,7 @@ _T = gguf.GGMLQuantizationType
 def _recip(d: torch.Tensor) -> torch.Tensor:
     """ggml's id = d ? 1.0f/d : 0.0f."""
     return torch.where(
-        d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d)
+        d != 0, rdiv(1.0, torch.where(d != 0, d, torch.ones_like(d))), torch.zeros_like(d)
     )
 
 

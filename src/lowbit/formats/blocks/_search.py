@@ -1,0 +1,134 @@
+"""ggml's scale searches (make_qx_quants, make_qkx2_quants), vectorized over sub-blocks.
+
+ggml accumulates its sums in float32, one element after another, without FMA (ggml-base is
+built for baseline x86-64/arm with -O3 and no -ffast-math), so the result depends on that
+order. Here every sum runs as a loop over the few elements of a sub-block (16 or 32), each
+step a float32 tensor op over all sub-blocks and all candidate scales at once: the same
+operations in the same order, hence the same bits. Candidate steps are evaluated together
+and then chosen with ggml's sequential rule (the first strictly better one wins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._common import rdiv
+
+GROUP_MAX_EPS = float(np.float32(1e-15))
+
+
+def f32(v: float) -> float:
+    """A Python float holding the float32 value of v (for ggml's float literals)."""
+    return float(np.float32(v))
+
+
+def seq_sum(t: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 sum over the last dim, left to right, as `for (i...) s += t[i]` from s = start
+    (0 when None: 0 + t[0] is t[0] up to the sign of zero)."""
+    acc = t[..., 0] if start is None else start + t[..., 0]
+    for i in range(1, t.shape[-1]):
+        acc = acc + t[..., i]
+    return acc
+
+
+def nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """ggml's nearest_int (the 12582912.f trick): round half to even, as int32."""
+    return torch.round(v).to(torch.int32)
+
+
+def signed_absmax(x: torch.Tensor) -> torch.Tensor:
+    """The value of largest |x| over the last dim, first one on ties (`if (ax > amax)`)."""
+    return torch.gather(x, -1, x.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def make_qx_quants(
+    x: torch.Tensor, nmax: int, qw: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) on x (N, n): (scale, codes 0..2nmax-1).
+
+    Weights are qw when given, else x*x (rmse_type 1).
+    """
+    mx = signed_absmax(x)
+    zero = mx.abs() < GROUP_MAX_EPS
+    safe = torch.where(zero, torch.ones_like(mx), mx)
+    w = x * x if qw is None else qw
+    wx = w * x
+    # candidate 0 is the plain -nmax/max, then is = -9..9 without 0.
+    steps = [float(np.float32(-nmax))] + [
+        -float(np.float32(np.float32(nmax) + np.float32(0.1) * np.float32(i)))
+        for i in range(-9, 10)
+        if i
+    ]
+    iscale = torch.stack([torch.full_like(safe, s) / safe for s in steps], dim=-1)  # (N, S)
+    lq = nearest_int(iscale.unsqueeze(-1) * x.unsqueeze(-2)).clamp(-nmax, nmax - 1)  # (N, S, n)
+    lf = lq.to(torch.float32)
+    sumlx = seq_sum(wx.unsqueeze(-2) * lf)
+    suml2 = seq_sum(w.unsqueeze(-2) * lf * lf)
+    scale = torch.where(
+        suml2[:, 0] != 0, sumlx[:, 0] / torch.where(suml2[:, 0] != 0, suml2[:, 0], 1.0), 0.0
+    )
+    best = scale * sumlx[:, 0]
+    pick = torch.zeros_like(mx, dtype=torch.long)
+    for s in range(1, len(steps)):
+        better = (suml2[:, s] > 0) & (sumlx[:, s] * sumlx[:, s] > best * suml2[:, s])
+        new_scale = sumlx[:, s] / torch.where(suml2[:, s] != 0, suml2[:, s], 1.0)
+        scale = torch.where(better, new_scale, scale)
+        best = torch.where(better, scale * sumlx[:, s], best)
+        pick = torch.where(better, s, pick)
+    lv = torch.gather(lq, 1, pick.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1) + nmax
+    lv = torch.where(zero.unsqueeze(-1), 0, lv)
+    scale = torch.where(zero, 0.0, scale)
+    return scale, lv
+
+
+def make_qkx2_quants(
+    x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false)
+    on x, w (N, n): (scale (N,), the_min (N,) = -min >= 0, lv (N, n) codes 0..nmax).
+
+    The steps are sequential in ggml: a better step replaces `min`, and later steps round
+    x - min with the new min, so the loop over the nstep + 1 steps stays a loop.
+    """
+    mn = x.amin(dim=-1).clamp(max=0.0)  # if (min > 0) min = 0
+    mx = x.amax(dim=-1)
+    sum_w = seq_sum(w)
+    sum_x = seq_sum(w * x)
+    flat = mx == mn
+    one = torch.ones_like(mx)
+    iscale0 = rdiv(f32(nmax), torch.where(flat, one, mx - mn))
+    scale = rdiv(1.0, iscale0)
+    lv = nearest_int(iscale0.unsqueeze(-1) * (x - mn.unsqueeze(-1))).clamp(0, nmax)
+    d0 = scale.unsqueeze(-1) * lv.to(torch.float32) + mn.unsqueeze(-1) - x
+    best = seq_sum(w * (d0 * d0))
+    cur_min = mn
+    for i in range(nstep + 1):
+        step = f32(
+            np.float32(np.float32(rmin) + np.float32(rdelta) * np.float32(i)) + np.float32(nmax)
+        )
+        iscale = rdiv(step, torch.where(flat, one, mx - cur_min))
+        la = nearest_int(iscale.unsqueeze(-1) * (x - cur_min.unsqueeze(-1))).clamp(0, nmax)
+        lf = la.to(torch.float32)
+        wl = w * lf
+        sum_l = seq_sum(wl)
+        sum_l2 = seq_sum(wl * lf)
+        sum_xl = seq_sum(wl * x)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok_det = det > 0
+        det_s = torch.where(ok_det, det, 1.0)
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / det_s
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det_s
+        pos = this_min > 0
+        this_min = torch.where(pos, 0.0, this_min)
+        this_scale = torch.where(pos, sum_xl / torch.where(sum_l2 != 0, sum_l2, 1.0), this_scale)
+        diff = this_scale.unsqueeze(-1) * lf + this_min.unsqueeze(-1) - x
+        cur_err = seq_sum(w * (diff * diff))
+        better = ok_det & (cur_err < best)
+        best = torch.where(better, cur_err, best)
+        scale = torch.where(better, this_scale, scale)
+        cur_min = torch.where(better, this_min, cur_min)
+        lv = torch.where(better.unsqueeze(-1), la, lv)
+    lv = torch.where(flat.unsqueeze(-1), 0, lv)
+    scale = torch.where(flat, 0.0, scale)
+    return scale, -cur_min, lv
