@@ -11,6 +11,7 @@ from lowbit.errors import UnsupportedFormatError
 
 from ._common import BlockCodec
 from .kquants import Q4KCodec, Q5KCodec, Q6KCodec
+from .kquants_low import Q2KCodec, Q3KCodec
 from .legacy import Q40Codec, Q41Codec, Q50Codec, Q51Codec, Q80Codec
 
 BLOCK_TYPES: dict[str, BlockCodec] = {
@@ -21,6 +22,8 @@ BLOCK_TYPES: dict[str, BlockCodec] = {
         Q41Codec(),
         Q50Codec(),
         Q51Codec(),
+        Q2KCodec(),
+        Q3KCodec(),
         Q4KCodec(),
         Q5KCodec(),
         Q6KCodec(),

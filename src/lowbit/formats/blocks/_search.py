@@ -83,9 +83,15 @@ def make_qx_quants(
 
 
 def make_qkx2_quants(
-    x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int
+    x: torch.Tensor,
+    w: torch.Tensor,
+    nmax: int,
+    rmin: float,
+    rdelta: float,
+    nstep: int,
+    use_mad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false)
+    """make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad)
     on x, w (N, n): (scale (N,), the_min (N,) = -min >= 0, lv (N, n) codes 0..nmax).
 
     The steps are sequential in ggml: a better step replaces `min`, and later steps round
@@ -101,7 +107,7 @@ def make_qkx2_quants(
     scale = rdiv(1.0, iscale0)
     lv = nearest_int(iscale0.unsqueeze(-1) * (x - mn.unsqueeze(-1))).clamp(0, nmax)
     d0 = scale.unsqueeze(-1) * lv.to(torch.float32) + mn.unsqueeze(-1) - x
-    best = seq_sum(w * (d0 * d0))
+    best = seq_sum(w * (d0.abs() if use_mad else d0 * d0))
     cur_min = mn
     for i in range(nstep + 1):
         step = f32(
@@ -123,7 +129,7 @@ def make_qkx2_quants(
         this_min = torch.where(pos, 0.0, this_min)
         this_scale = torch.where(pos, sum_xl / torch.where(sum_l2 != 0, sum_l2, 1.0), this_scale)
         diff = this_scale.unsqueeze(-1) * lf + this_min.unsqueeze(-1) - x
-        cur_err = seq_sum(w * (diff * diff))
+        cur_err = seq_sum(w * (diff.abs() if use_mad else diff * diff))
         better = ok_det & (cur_err < best)
         best = torch.where(better, cur_err, best)
         scale = torch.where(better, this_scale, scale)
@@ -132,3 +138,42 @@ def make_qkx2_quants(
     lv = torch.where(flat.unsqueeze(-1), 0, lv)
     scale = torch.where(flat, 0.0, scale)
     return scale, -cur_min, lv
+
+
+def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) on x (N, n): (scale (N,), codes 0..2nmax-1).
+
+    After the first rounding ggml revisits the elements one at a time (5 passes), moving one
+    code when that raises sumlx^2/suml2; the running sums make it sequential over elements,
+    so this loops over passes and elements, each step vectorized over sub-blocks. A pass
+    without change leaves the state as it is, so running all 5 equals ggml's early break.
+    """
+    mx = signed_absmax(x)
+    zero = mx.abs() < GROUP_MAX_EPS
+    iscale = rdiv(f32(-nmax), torch.where(zero, 1.0, mx))
+    lv = nearest_int(iscale.unsqueeze(-1) * x).clamp(-nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    lf = lv.to(torch.float32)
+    sumlx = seq_sum(wx * lf)
+    suml2 = seq_sum(w * lf * lf)
+    lv = lv.clone()
+    for _ in range(5):
+        for i in range(x.shape[-1]):
+            li = lv[:, i].to(torch.float32)
+            wi, wxi, xi = w[:, i], wx[:, i], x[:, i]
+            slx = sumlx - wxi * li
+            sl2 = suml2 - wi * li * li
+            pos = slx > 0
+            new_l = nearest_int(xi * sl2 / torch.where(pos, slx, 1.0)).clamp(-nmax, nmax - 1)
+            nl = new_l.to(torch.float32)
+            slx = slx + wxi * nl
+            sl2 = sl2 + wi * nl * nl
+            take = pos & (new_l != lv[:, i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            lv[:, i] = torch.where(take, new_l, lv[:, i])
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
+    scale = torch.where(zero, 0.0, scale)
+    lv = torch.where(zero.unsqueeze(-1), 0, lv + nmax)
+    return scale, lv
