@@ -10,6 +10,7 @@ from __future__ import annotations
 from lowbit.errors import UnsupportedFormatError
 
 from ._common import BlockCodec
+from .iq4nl import IQ4NLCodec
 from .kquants import Q4KCodec, Q5KCodec, Q6KCodec
 from .kquants_low import Q2KCodec, Q3KCodec
 from .legacy import Q40Codec, Q41Codec, Q50Codec, Q51Codec, Q80Codec
@@ -27,6 +28,7 @@ BLOCK_TYPES: dict[str, BlockCodec] = {
         Q4KCodec(),
         Q5KCodec(),
         Q6KCodec(),
+        IQ4NLCodec(),
     )
 }
 
