@@ -158,6 +158,13 @@ class Q6KCodec(BlockCodec):
         scales, lv = make_qx_quants(blocks.reshape(-1, 16), 32, None)
         return self._finish(blocks, scales.view(rows, nb, 16), lv.view(rows, nb, 16, 16))
 
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        # quantize_row_q6_K_impl: make_qx_quants(16, 32, x, L, 1, qw) with the raw imatrix
+        rws, nb, _ = blocks.shape
+        w = imp.unsqueeze(0).expand(rws, -1, -1).reshape(-1, 16)
+        scales, lv = make_qx_quants(blocks.reshape(-1, 16), 32, w)
+        return self._finish(blocks, scales.view(rws, nb, 16), lv.view(rws, nb, 16, 16))
+
     def _finish(self, blocks, scales, lv):
         rows, nb, _ = blocks.shape
         amax_idx = scales.abs().argmax(-1, keepdim=True)

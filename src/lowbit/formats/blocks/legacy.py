@@ -27,6 +27,7 @@ from ._common import (
     unpack_bits32,
     unpack_nibbles,
 )
+from ._search import make_qkx2_quants, make_qx_quants, seq_sum
 
 QK = 32
 _T = gguf.GGMLQuantizationType
@@ -44,6 +45,13 @@ def _signed_absmax(blocks: torch.Tensor) -> torch.Tensor:
     quantize_row_q4_0_ref / q5_0_ref). Shape (rows, nb, 1)."""
     idx = blocks.abs().argmax(dim=-1, keepdim=True)
     return torch.gather(blocks, -1, idx)
+
+
+def _imatrix_weights(blocks: torch.Tensor, rows: torch.Tensor, imp: torch.Tensor) -> torch.Tensor:
+    """weight[j] = qw[j] * sqrtf(sigma2 + x[j]^2), sigma2 = sum_x2 / n_per_row over the row,
+    summed in float32 element by element (the legacy quantize_row_*_impl)."""
+    sigma2 = seq_sum(rows * rows) / rows.shape[-1]
+    return imp.unsqueeze(0) * torch.sqrt(sigma2.view(-1, 1, 1) + blocks * blocks)
 
 
 class Q80Codec(BlockCodec):
@@ -99,6 +107,13 @@ class _SymNibble(BlockCodec):
         q = c_trunc_to_int(blocks * _recip(d) + (off + 0.5)).clamp(max=2 * off - 1)
         return self.encode(q, d.squeeze(-1))
 
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        # quantize_row_q{4,5}_0_impl: weight = qw * sqrt(sigma2 + x^2), make_qx_quants(32, off)
+        w = _imatrix_weights(blocks, rows, imp)
+        rws, nb, _ = blocks.shape
+        d, codes = make_qx_quants(blocks.reshape(-1, QK), self.offset, w.reshape(-1, QK))
+        return self.encode(codes.view(rws, nb, QK), d.view(rws, nb))
+
     def _dequantize_blocks(self, raw):
         q, d, _ = self.decode(raw)
         return (q.to(torch.int32) - self.offset).to(torch.float32) * d.unsqueeze(-1)
@@ -121,6 +136,17 @@ class _AsymNibble(BlockCodec):
         if self.bits == 4:  # quantize_row_q4_1_ref clamps with MIN(15, ...); q5_1_ref does not
             q = q.clamp(max=qmax)
         return self.encode(q, d.squeeze(-1), mn.squeeze(-1))
+
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        # quantize_row_q{4,5}_1_impl: make_qkx3_quants(32, nmax, -0.9, 0.05, 36), m = -min
+        # (make_qkx3_quants with weights is make_qkx2_quants line for line)
+        w = _imatrix_weights(blocks, rows, imp)
+        rws, nb, _ = blocks.shape
+        qmax = (1 << self.bits) - 1
+        d, the_min, codes = make_qkx2_quants(
+            blocks.reshape(-1, QK), w.reshape(-1, QK), qmax, -0.9, 0.05, 36
+        )
+        return self.encode(codes.view(rws, nb, QK), d.view(rws, nb), -the_min.view(rws, nb))
 
     def _dequantize_blocks(self, raw):
         q, d, m = self.decode(raw)
