@@ -120,3 +120,57 @@ def dequantize_rows(ggml_type: int, raw: np.ndarray, k: int) -> np.ndarray:
     for r in range(raw.shape[0]):
         fn(ctypes.c_void_p(raw[r].ctypes.data), ctypes.c_void_p(out[r].ctypes.data), k)
     return out
+
+
+def golden_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the committed golden vectors (one 256-element super-block each, so 8 legacy
+    blocks) and an importance vector: edge cases first, then ordinary weights."""
+    rng = np.random.default_rng(13)
+    rows = []
+    rows.append(np.zeros(256))  # all zero
+    rows.append(np.full(256, 0.5))  # constant
+    rows.append(np.full(256, -3.0))  # negative constant
+    r = rng.normal(0, 0.02, 256)
+    r[17] = 50.0
+    rows.append(r)  # one outlier
+    rows.append(-np.abs(rng.normal(0, 0.05, 256)))  # all negative
+    r = rng.normal(0, 0.02, 256)
+    r[100] = -2.0
+    rows.append(r)  # negative max
+    rows.append(rng.normal(0, 1e-39, 256))  # subnormal
+    rows.append(rng.normal(0, 1e-20, 256))  # tiny
+    rows.append(rng.normal(0, 1e4, 256))  # huge (fp16 scales near their range)
+    rows.append(rng.integers(-8, 8, 256).astype(np.float64))  # integers: rounding ties
+    rows.append(rng.normal(0, 0.05, 256))
+    rows.append(rng.uniform(-1, 1, 256))
+    x = np.stack(rows).astype(np.float32)
+    imp = rng.uniform(0.01, 3.0, 256).astype(np.float32)
+    return x, imp
+
+
+def write_golden(path: Path, types: dict[str, int]) -> None:
+    """Write the golden .npz: per type the ggml_quantize_chunk bytes without and with the
+    importance vector and dequantize_row_<type> of the former."""
+    x, imp = golden_inputs()
+    out: dict[str, np.ndarray] = {"x": x, "importance": imp}
+    for name, t in types.items():
+        q = quantize_chunk(t, x)
+        out[f"{name}.q"] = q
+        out[f"{name}.q_imp"] = quantize_chunk(t, x, imp)
+        out[f"{name}.deq"] = dequantize_rows(t, q, x.shape[1])
+    out["provenance"] = np.array(
+        f"ggml C reference of llama.cpp {LLAMA_CPP_COMMIT} (vendored in the llama-cpp-python==0.3.36"
+        " sdist), libggml-base.so via ctypes: ggml_quantize_chunk (imatrix=None and the"
+        " 'importance' vector) and the type's to_float. Regenerate with"
+        " `PYTHONPATH=src:tests python -m lowbit_testkit.ggml_ref tests/lowbit_testkit/golden/"
+        "gguf_blocks.npz` (LOWBIT_LLAMA_CPP_DIR = a build with libggml-base.so)."
+    )
+    np.savez_compressed(path, **out)
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates the committed golden file
+    import sys
+
+    from lowbit.formats.blocks import BLOCK_TYPES
+
+    write_golden(Path(sys.argv[1]), {n: c.ggml_type for n, c in BLOCK_TYPES.items()})

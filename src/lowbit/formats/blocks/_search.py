@@ -177,3 +177,51 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     scale = torch.where(zero, 0.0, scale)
     lv = torch.where(zero.unsqueeze(-1), 0, lv + nmax)
     return scale, lv
+
+
+def make_qp_quants(
+    x: torch.Tensor, nmax: int, qw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qp_quants(n, nmax, x, L, quant_weights) on x, qw (N, n): the imatrix k-quants'
+    quantization of the sub-block scales (or mins) to nmax levels: (scale (N,), L (N, n))."""
+    mx = x.amax(-1)
+    mx = torch.where(mx > 0, mx, 0.0)  # MAX(max, x[i]) from 0
+    zero = mx < GROUP_MAX_EPS
+    safe = torch.where(zero, 1.0, mx)
+    iscale = rdiv(f32(nmax), safe)
+    lv = nearest_int(iscale.unsqueeze(-1) * x)
+    scale = rdiv(1.0, iscale)
+    diff = x - scale.unsqueeze(-1) * lv.to(torch.float32)
+    best = seq_sum(qw * diff * diff)
+    for i in (-4, -3, -2, -1, 1, 2, 3, 4):
+        isc = rdiv(f32(np.float32(0.1) * np.float32(i) + np.float32(nmax)), safe)
+        sc = rdiv(1.0, isc)
+        li = nearest_int(isc.unsqueeze(-1) * x).clamp(max=nmax)
+        diff = x - sc.unsqueeze(-1) * li.to(torch.float32)
+        mse = seq_sum(qw * diff * diff)
+        better = mse < best
+        best = torch.where(better, mse, best)
+        iscale = torch.where(better, isc, iscale)
+    lv = nearest_int(iscale.unsqueeze(-1) * x).clamp(max=nmax)
+    wx = qw * x
+    lf = lv.to(torch.float32)
+    sumlx = seq_sum(wx * lf)
+    suml2 = seq_sum(qw * lf * lf)
+    lv = lv.clone()
+    for _ in range(5):
+        for i in range(x.shape[-1]):
+            li = lv[:, i].to(torch.float32)
+            wi, wxi, xi = qw[:, i], wx[:, i], x[:, i]
+            slx = sumlx - wxi * li
+            sl2 = suml2 - wi * li * li
+            ok = (slx > 0) & (sl2 > 0)
+            new_l = nearest_int(xi * sl2 / torch.where(ok, slx, 1.0)).clamp(max=nmax)
+            nl = new_l.to(torch.float32)
+            slx = slx + wxi * nl
+            sl2 = sl2 + wi * nl * nl
+            take = ok & (new_l != lv[:, i]) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            lv[:, i] = torch.where(take, new_l, lv[:, i])
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
+    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0, lv)

@@ -17,7 +17,14 @@ import gguf
 import torch
 
 from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv
-from ._search import GROUP_MAX_EPS, make_qkx2_quants, make_qx_quants, nearest_int, seq_sum
+from ._search import (
+    GROUP_MAX_EPS,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int,
+    seq_sum,
+)
 
 QK_K = 256
 _T = gguf.GGMLQuantizationType
@@ -75,6 +82,34 @@ class _KMin(BlockCodec):
         lm = (nearest_int(inv_min.unsqueeze(-1) * mins) & 0xFF).clamp(max=63)
         d = (max_scale / 63.0).to(torch.float16).to(torch.float32)
         dmin = (max_min / 63.0).to(torch.float16).to(torch.float32)
+        return self._requantize(blocks, ls, lm, d, dmin, lv)
+
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        """quantize_row_q{4,5}_K_impl: weights qw * sqrt(sigma2 + x^2) with sigma2 = 2 * sum x^2
+        / 256 per super-block, make_qkx3_quants(32, nmax, -0.9, 0.05, 36) per sub-block, then
+        make_qp_quants(8, 63, ..., sw) for the sub-block scales and mins."""
+        rws, nb, _ = blocks.shape
+        sigma2 = 2 * seq_sum(blocks * blocks) / 256
+        x = blocks.view(rws, nb, 8, 32)
+        w = imp.view(1, nb, 8, 32) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        sw = seq_sum(w).reshape(-1, 8)
+        scales, mins, lv = make_qkx2_quants(
+            x.reshape(-1, 32), w.reshape(-1, 32), self.nmax, -0.9, 0.05, 36
+        )
+        d_block, ls = make_qp_quants(scales.view(-1, 8), 63, sw)
+        m_block, lm = make_qp_quants(mins.view(-1, 8), 63, sw)
+        f16 = lambda v: v.view(rws, nb).to(torch.float16).to(torch.float32)  # noqa: E731
+        return self._requantize(
+            blocks,
+            (ls & 0xFF).view(rws, nb, 8),
+            (lm & 0xFF).view(rws, nb, 8),
+            f16(d_block),
+            f16(m_block),
+            lv.view(rws, nb, 8, 32),
+        )
+
+    def _requantize(self, blocks, ls, lm, d, dmin, lv):
+        """The final pass of both paths: codes from the fp16 d/dmin and the 6-bit scales/mins."""
         ds = d.unsqueeze(-1) * ls.to(torch.float32)
         dm = dmin.unsqueeze(-1) * lm.to(torch.float32)
         x = blocks.view(*blocks.shape[:2], 8, 32)

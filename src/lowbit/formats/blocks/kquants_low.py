@@ -13,7 +13,15 @@ import gguf
 import torch
 
 from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv
-from ._search import make_q3_quants, make_qkx2_quants, nearest_int, signed_absmax
+from ._search import (
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int,
+    seq_sum,
+    signed_absmax,
+)
 
 QK_K = 256
 _T = gguf.GGMLQuantizationType
@@ -54,6 +62,27 @@ class Q2KCodec(BlockCodec):
         sc = (ls | (lm << 4)) & 0xFF  # y[i].scales[j] = l; |= l << 4 (uint8)
         d = torch.where(has_s, max_scale / 15.0, 0.0).to(torch.float16).to(torch.float32)
         dmin = torch.where(has_m, max_min / 15.0, 0.0).to(torch.float16).to(torch.float32)
+        return self._requantize(blocks, sc, d, dmin, lv)
+
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        """quantize_row_q2_K_impl: weights qw * sqrt(sigma2 + x^2), sigma2 = sum x^2 / 256,
+        make_qkx3_quants(16, 3, -0.9, 0.05, 36), make_qp_quants(16, 15, ..., sw)."""
+        rws, nb, _ = blocks.shape
+        sigma2 = seq_sum(blocks * blocks) / 256
+        x = blocks.view(rws, nb, 16, 16)
+        w = imp.view(1, nb, 16, 16) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        sw = seq_sum(w).reshape(-1, 16)
+        scales, mins, lv = make_qkx2_quants(x.reshape(-1, 16), w.reshape(-1, 16), 3, -0.9, 0.05, 36)
+        dm, ls = make_qp_quants(scales.view(-1, 16), 15, sw)
+        mm, lm = make_qp_quants(mins.view(-1, 16), 15, sw)
+        sc = ((ls | (lm << 4)) & 0xFF).view(rws, nb, 16)
+        d = dm.view(rws, nb).to(torch.float16).to(torch.float32)
+        dmin = mm.view(rws, nb).to(torch.float16).to(torch.float32)
+        return self._requantize(blocks, sc, d, dmin, lv)
+
+    def _requantize(self, blocks, sc, d, dmin, lv):
+        """Final pass of both paths: codes from fp16 d/dmin and the 4-bit scales/mins."""
+        rows, nb, _ = blocks.shape
         ds = d.unsqueeze(-1) * (sc & 0xF).to(torch.float32)
         dm = dmin.unsqueeze(-1) * (sc >> 4).to(torch.float32)
         ok = ds != 0
@@ -111,6 +140,24 @@ class Q3KCodec(BlockCodec):
         l6 = nearest_int(iscale.unsqueeze(-1) * scales).clamp(-32, 31) + 32
         l6 = torch.where(has.unsqueeze(-1), l6, 0)  # memset(scales, 0)
         d = torch.where(has, rdiv(1.0, iscale), 0.0).to(torch.float16).to(torch.float32)
+        return self._requantize(blocks, l6, d, lv)
+
+    def _quantize_blocks_weighted(self, blocks, rows, imp):
+        """quantize_row_q3_K_impl: weights qw * sqrt(sigma2 + x^2), sigma2 = 2 sum x^2 / 256,
+        make_qx_quants(16, 4, ..., weight) per sub-block, make_qx_quants(16, 32, ..., sw)."""
+        rws, nb, _ = blocks.shape
+        sigma2 = 2 * seq_sum(blocks * blocks) / 256
+        x = blocks.view(rws, nb, 16, 16)
+        w = imp.view(1, nb, 16, 16) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        sw = seq_sum(w).reshape(-1, 16)
+        scales, lv = make_qx_quants(x.reshape(-1, 16), 4, w.reshape(-1, 16))
+        d_block, l6 = make_qx_quants(scales.view(-1, 16), 32, sw)
+        d = d_block.view(rws, nb).to(torch.float16).to(torch.float32)
+        return self._requantize(blocks, l6.view(rws, nb, 16), d, lv)
+
+    def _requantize(self, blocks, l6, d, lv):
+        """Final pass of both paths: codes from fp16 d and the 6-bit signed scales."""
+        rows, nb, _ = blocks.shape
         ds = d.unsqueeze(-1) * (l6 - 32).to(torch.float32)
         ok = ds != 0
         x = blocks.view(rows, nb, 16, 16)
