@@ -159,7 +159,8 @@ def write_golden(path: Path, types: dict[str, int]) -> None:
         out[f"{name}.q_imp"] = quantize_chunk(t, x, imp)
         out[f"{name}.deq"] = dequantize_rows(t, q, x.shape[1])
     out["provenance"] = np.array(
-        f"ggml C reference of llama.cpp {LLAMA_CPP_COMMIT} (vendored in the llama-cpp-python==0.3.36"
+        f"ggml C reference of llama.cpp {LLAMA_CPP_COMMIT} (vendored in the"
+        " llama-cpp-python==0.3.36"
         " sdist), libggml-base.so via ctypes: ggml_quantize_chunk (imatrix=None and the"
         " 'importance' vector) and the type's to_float. Regenerate with"
         " `PYTHONPATH=src:tests python -m lowbit_testkit.ggml_ref tests/lowbit_testkit/golden/"

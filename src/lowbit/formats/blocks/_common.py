@@ -143,3 +143,10 @@ def rdiv(a: float, t: torch.Tensor) -> torch.Tensor:
     """The float32 quotient a / t, correctly rounded like C's a/t. (Python's `a / tensor` is
     torch's reciprocal(t) * a, which differs from a/t in the last bit for most a.)"""
     return torch.div(torch.full_like(t, a), t)
+
+
+def sqrtf(t: torch.Tensor) -> torch.Tensor:
+    """C sqrtf, correctly rounded. torch.sqrt on float32 CPU tensors goes through a vectorized
+    (Sleef) path that is off by one ulp for some inputs; the square root in float64 rounded
+    to float32 is the correctly rounded float32 result (53 >= 2 * 24 + 2 bits)."""
+    return torch.sqrt(t.to(torch.float64)).to(torch.float32)

@@ -13,7 +13,15 @@ from __future__ import annotations
 import gguf
 import torch
 
-from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, pack_nibbles, rdiv, unpack_nibbles
+from ._common import (
+    BlockCodec,
+    fp16_bytes,
+    fp16_from_bytes,
+    pack_nibbles,
+    rdiv,
+    sqrtf,
+    unpack_nibbles,
+)
 from ._search import GROUP_MAX_EPS, seq_sum, signed_absmax
 
 _T = gguf.GGMLQuantizationType
@@ -42,7 +50,7 @@ class IQ4NLCodec(BlockCodec):
     def _quantize_blocks_weighted(self, blocks, rows, imp):
         # quantize_row_iq4_nl_impl with quant_weights: sigma2 over the 32-element super-block
         sigma2 = seq_sum(blocks * blocks) * (2.0 / 32)
-        w = imp * torch.sqrt(sigma2.unsqueeze(-1) + blocks * blocks)
+        w = imp * sqrtf(sigma2.unsqueeze(-1) + blocks * blocks)
         return self._impl(blocks, w, self.ntry)
 
     def quantize_ref(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gguf
 import torch
 
-from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv
+from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
 from ._search import (
     GROUP_MAX_EPS,
     make_qkx2_quants,
@@ -58,7 +58,7 @@ class _KMin(BlockCodec):
     def _sub_scales(self, blocks: torch.Tensor):
         """(scales, mins, codes) per 32-element sub-block, as in quantize_row_q{4,5}_K_ref."""
         xs = blocks.reshape(-1, 32)
-        av_x = torch.sqrt(seq_sum(xs * xs) / 32)
+        av_x = sqrtf(seq_sum(xs * xs) / 32)
         w = av_x.unsqueeze(-1) + xs.abs()
         return make_qkx2_quants(xs, w, self.nmax, self.rmin, self.rdelta, self.nstep)
 
@@ -91,7 +91,7 @@ class _KMin(BlockCodec):
         rws, nb, _ = blocks.shape
         sigma2 = 2 * seq_sum(blocks * blocks) / 256
         x = blocks.view(rws, nb, 8, 32)
-        w = imp.view(1, nb, 8, 32) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        w = imp.view(1, nb, 8, 32) * sqrtf(sigma2.view(rws, nb, 1, 1) + x * x)
         sw = seq_sum(w).reshape(-1, 8)
         scales, mins, lv = make_qkx2_quants(
             x.reshape(-1, 32), w.reshape(-1, 32), self.nmax, -0.9, 0.05, 36

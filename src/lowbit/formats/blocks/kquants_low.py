@@ -12,7 +12,7 @@ from __future__ import annotations
 import gguf
 import torch
 
-from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv
+from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
 from ._search import (
     make_q3_quants,
     make_qkx2_quants,
@@ -70,7 +70,7 @@ class Q2KCodec(BlockCodec):
         rws, nb, _ = blocks.shape
         sigma2 = seq_sum(blocks * blocks) / 256
         x = blocks.view(rws, nb, 16, 16)
-        w = imp.view(1, nb, 16, 16) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        w = imp.view(1, nb, 16, 16) * sqrtf(sigma2.view(rws, nb, 1, 1) + x * x)
         sw = seq_sum(w).reshape(-1, 16)
         scales, mins, lv = make_qkx2_quants(x.reshape(-1, 16), w.reshape(-1, 16), 3, -0.9, 0.05, 36)
         dm, ls = make_qp_quants(scales.view(-1, 16), 15, sw)
@@ -148,7 +148,7 @@ class Q3KCodec(BlockCodec):
         rws, nb, _ = blocks.shape
         sigma2 = 2 * seq_sum(blocks * blocks) / 256
         x = blocks.view(rws, nb, 16, 16)
-        w = imp.view(1, nb, 16, 16) * torch.sqrt(sigma2.view(rws, nb, 1, 1) + x * x)
+        w = imp.view(1, nb, 16, 16) * sqrtf(sigma2.view(rws, nb, 1, 1) + x * x)
         sw = seq_sum(w).reshape(-1, 16)
         scales, lv = make_qx_quants(x.reshape(-1, 16), 4, w.reshape(-1, 16))
         d_block, l6 = make_qx_quants(scales.view(-1, 16), 32, sw)

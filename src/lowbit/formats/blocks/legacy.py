@@ -24,6 +24,7 @@ from ._common import (
     pack_nibbles,
     rdiv,
     roundf,
+    sqrtf,
     unpack_bits32,
     unpack_nibbles,
 )
@@ -51,7 +52,7 @@ def _imatrix_weights(blocks: torch.Tensor, rows: torch.Tensor, imp: torch.Tensor
     """weight[j] = qw[j] * sqrtf(sigma2 + x[j]^2), sigma2 = sum_x2 / n_per_row over the row,
     summed in float32 element by element (the legacy quantize_row_*_impl)."""
     sigma2 = seq_sum(rows * rows) / rows.shape[-1]
-    return imp.unsqueeze(0) * torch.sqrt(sigma2.view(-1, 1, 1) + blocks * blocks)
+    return imp.unsqueeze(0) * sqrtf(sigma2.view(-1, 1, 1) + blocks * blocks)
 
 
 class Q80Codec(BlockCodec):
