@@ -150,3 +150,12 @@ def sqrtf(t: torch.Tensor) -> torch.Tensor:
     (Sleef) path that is off by one ulp for some inputs; the square root in float64 rounded
     to float32 is the correctly rounded float32 result (53 >= 2 * 24 + 2 bits)."""
     return torch.sqrt(t.to(torch.float64)).to(torch.float32)
+
+
+class GGMLType:
+    """ggml_type ids (ggml.h enum ggml_type, = gguf.GGMLQuantizationType): written out so that
+    formats/ needs no gguf import (gguf is an optional extra); tests compare them with gguf."""
+
+    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 2, 3, 6, 7, 8
+    Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 10, 11, 12, 13, 14
+    IQ4_NL = 20

@@ -10,11 +10,11 @@ order (see _search.py).
 
 from __future__ import annotations
 
-import gguf
 import torch
 
 from ._common import (
     BlockCodec,
+    GGMLType,
     fp16_bytes,
     fp16_from_bytes,
     pack_nibbles,
@@ -24,7 +24,7 @@ from ._common import (
 )
 from ._search import GROUP_MAX_EPS, seq_sum, signed_absmax
 
-_T = gguf.GGMLQuantizationType
+_T = GGMLType
 KVALUES = torch.tensor(
     [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32
 )

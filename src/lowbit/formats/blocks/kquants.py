@@ -13,10 +13,9 @@ integer sub-block scales (and mins) (rows, nb, 8 or 16).
 
 from __future__ import annotations
 
-import gguf
 import torch
 
-from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from ._common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
 from ._search import (
     GROUP_MAX_EPS,
     make_qkx2_quants,
@@ -27,7 +26,7 @@ from ._search import (
 )
 
 QK_K = 256
-_T = gguf.GGMLQuantizationType
+_T = GGMLType
 
 
 def _pack_scale_min_k4(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,9 @@ against one fp16 d. Both sum in float32 in ggml's order.
 
 from __future__ import annotations
 
-import gguf
 import torch
 
-from ._common import BlockCodec, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from ._common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
 from ._search import (
     make_q3_quants,
     make_qkx2_quants,
@@ -24,7 +23,7 @@ from ._search import (
 )
 
 QK_K = 256
-_T = gguf.GGMLQuantizationType
+_T = GGMLType
 
 
 def _pack_2bit(codes: torch.Tensor) -> torch.Tensor:

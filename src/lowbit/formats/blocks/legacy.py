@@ -12,11 +12,11 @@ and min (rounded to fp16 on encode, as ggml stores them).
 
 from __future__ import annotations
 
-import gguf
 import torch
 
 from ._common import (
     BlockCodec,
+    GGMLType,
     c_trunc_to_int,
     fp16_bytes,
     fp16_from_bytes,
@@ -31,7 +31,7 @@ from ._common import (
 from ._search import make_qkx2_quants, make_qx_quants, seq_sum
 
 QK = 32
-_T = gguf.GGMLQuantizationType
+_T = GGMLType
 
 
 def _recip(d: torch.Tensor) -> torch.Tensor:
