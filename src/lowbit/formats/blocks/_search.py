@@ -25,10 +25,12 @@ def f32(v: float) -> float:
 
 def seq_sum(t: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
     """float32 sum over the last dim, left to right, as `for (i...) s += t[i]` from s = start
-    (0 when None: 0 + t[0] is t[0] up to the sign of zero)."""
-    acc = t[..., 0] if start is None else start + t[..., 0]
-    for i in range(1, t.shape[-1]):
-        acc = acc + t[..., i]
+    (0 when None: 0 + t[0] is t[0] up to the sign of zero). The summed dim is moved first
+    so that every step adds contiguous slices, in place into one buffer."""
+    tt = t.movedim(-1, 0).contiguous()
+    acc = tt[0].clone() if start is None else start + tt[0]
+    for i in range(1, tt.shape[0]):
+        acc.add_(tt[i])
     return acc
 
 
