@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lowbit.errors import UnsupportedFormatError
 
-from ._common import BlockCodec
+from .common import BlockCodec
 from .iq4nl import IQ4NLCodec
 from .kquants import Q4KCodec, Q5KCodec, Q6KCodec
 from .kquants_low import Q2KCodec, Q3KCodec

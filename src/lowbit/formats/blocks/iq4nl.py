@@ -5,14 +5,14 @@ quantize_row_iq4_nl_impl with ntry = 7 with or without an imatrix (x^2 weights w
 Note this differs from quantize_row_iq4_nl_ref (ntry = -1, no scale search, and an all-zero
 block packs whatever indices the previous block left in a stack buffer); quantize_ref()
 gives that variant for blocks that are not all zero. The search sums in float32 in ggml's
-order (see _search.py).
+order (see search.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import (
+from .common import (
     BlockCodec,
     GGMLType,
     fp16_bytes,
@@ -22,7 +22,7 @@ from ._common import (
     sqrtf,
     unpack_nibbles,
 )
-from ._search import GROUP_MAX_EPS, seq_sum, signed_absmax
+from .search import GROUP_MAX_EPS, seq_sum, signed_absmax
 
 _T = GGMLType
 KVALUES = torch.tensor(

@@ -3,7 +3,7 @@
 Round to nearest (importance=None) follows quantize_row_q{4,5,6}_K_ref: a per-sub-block scale
 search (make_qkx2_quants for Q4_K/Q5_K, make_qx_quants for Q6_K), 6/8-bit quantization of the
 sub-block scales against one fp16 super-block scale, then a final rounding of every element.
-The searches sum in float32 in ggml's order (see _search.py), so the bytes match llama.cpp's;
+The searches sum in float32 in ggml's order (see search.py), so the bytes match llama.cpp's;
 a compiler that contracted those sums into FMAs would change a few blocks, which is why the
 tests ask >= 99.99% identical blocks on real weights rather than assuming it.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
-from ._search import (
+from .common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from .search import (
     GROUP_MAX_EPS,
     make_qkx2_quants,
     make_qp_quants,

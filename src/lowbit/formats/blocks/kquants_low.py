@@ -3,7 +3,7 @@
 
 Q2_K (quantize_row_q2_K_ref): make_qkx2_quants with |x| weights and absolute error
 (use_mad), 4-bit scales and mins against fp16 d and dmin. Q3_K (quantize_row_q3_K_ref):
-make_q3_quants (a sequential coordinate search, see _search.py), 6-bit signed scales
+make_q3_quants (a sequential coordinate search, see search.py), 6-bit signed scales
 against one fp16 d. Both sum in float32 in ggml's order.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
-from ._search import (
+from .common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from .search import (
     make_q3_quants,
     make_qkx2_quants,
     make_qp_quants,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (
+from .common import (
     BlockCodec,
     GGMLType,
     c_trunc_to_int,
@@ -28,7 +28,7 @@ from ._common import (
     unpack_bits32,
     unpack_nibbles,
 )
-from ._search import make_qkx2_quants, make_qx_quants, seq_sum
+from .search import make_qkx2_quants, make_qx_quants, seq_sum
 
 QK = 32
 _T = GGMLType

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import rdiv
+from .common import rdiv
 
 GROUP_MAX_EPS = float(np.float32(1e-15))
 
