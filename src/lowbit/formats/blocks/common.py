@@ -1,0 +1,161 @@
+"""Shared pieces of the GGUF block codecs: the codec base class, fp16 fields, C-like rounding.
+
+ggml stores every block as a packed C struct (ggml-common.h); the codecs build those bytes
+with torch on whole tensors at once (rows, blocks, ...), never looping over blocks in Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lowbit.errors import UnsupportedFormatError
+
+
+def fp16_bytes(v: torch.Tensor) -> torch.Tensor:
+    """float32 (..., n) -> uint8 (..., 2n): GGML_FP32_TO_FP16 (round half to even), LE."""
+    return v.to(torch.float16).contiguous().view(torch.uint8)
+
+
+def fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 2n) -> float32 (..., n): GGML_FP16_TO_FP32 (exact)."""
+    return b.contiguous().view(torch.float16).to(torch.float32)
+
+
+def c_trunc_to_int(v: torch.Tensor) -> torch.Tensor:
+    """The C cast (int)v for float32 v: truncation toward zero, as int32."""
+    return torch.trunc(v).to(torch.int32)
+
+
+def roundf(v: torch.Tensor) -> torch.Tensor:
+    """C roundf (halves away from zero), exactly: torch.round rounds halves to even, and
+    floor(|v| + 0.5) is wrong for 0.49999997 (the sum rounds up to 1.0)."""
+    t = torch.trunc(v)
+    frac = v - t  # exact in float32
+    return t + torch.where(frac.abs() >= 0.5, torch.sign(v), torch.zeros_like(v))
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(..., 2h) codes in 0..15 -> (..., h) bytes: ggml's qs[j] = q[j] | q[j + h] << 4."""
+    h = q.shape[-1] // 2
+    q = q.to(torch.uint8)
+    return (q[..., :h] & 0x0F) | ((q[..., h:] & 0x0F) << 4)
+
+
+def unpack_nibbles(b: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_nibbles: (..., h) bytes -> (..., 2h) codes 0..15 (uint8)."""
+    return torch.cat([b & 0x0F, b >> 4], dim=-1)
+
+
+def pack_bits32(bits: torch.Tensor) -> torch.Tensor:
+    """(..., 32) bits (0/1) -> (..., 4) bytes: the uint32 qh of Q5_0/Q5_1, bit j = element j,
+    stored little endian."""
+    b = bits.to(torch.uint8).reshape(*bits.shape[:-1], 4, 8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (b * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_bits32(b: torch.Tensor) -> torch.Tensor:
+    """(..., 4) bytes -> (..., 32) bits as uint8 0/1 (inverse of pack_bits32)."""
+    shifts = torch.arange(8, dtype=torch.uint8)
+    return ((b.unsqueeze(-1) >> shifts) & 1).reshape(*b.shape[:-1], 32)
+
+
+class BlockCodec:
+    """One ggml block type: its geometry and its quantize/dequantize of whole tensors.
+
+    Subclasses set name, ggml_type, block_size, type_size and implement _quantize_blocks
+    (float32 (rows, nblocks, block_size) -> uint8 (rows, nblocks, type_size)) and
+    _dequantize_blocks (the inverse direction, float32 out).
+    """
+
+    name: str = ""
+    ggml_type: int = -1
+    block_size: int = 0
+    type_size: int = 0
+
+    def nbytes(self, shape: tuple[int, ...] | torch.Size) -> int:
+        """Bytes of a tensor of this shape in this type (the last dimension is the row)."""
+        k = int(shape[-1])
+        self._check_k(k)
+        return math.prod(int(s) for s in shape) // self.block_size * self.type_size
+
+    def _check_k(self, k: int) -> None:
+        if k % self.block_size:
+            raise UnsupportedFormatError(
+                f"{self.name}: row length {k} is not a multiple of the block size {self.block_size}"
+            )
+
+    def quantize(self, x: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 (rows, K) -> uint8 (rows, K // block_size * type_size), ggml's bytes.
+
+        importance=None is llama.cpp's quantize_row_<type>_ref; with a per-column importance
+        (imatrix, length K) it is ggml's quantize_<type> with quant_weights.
+        """
+        if x.dim() != 2:
+            raise UnsupportedFormatError(f"{self.name}: quantize takes a 2-D (rows, K) tensor")
+        rows, k = x.shape
+        self._check_k(k)
+        x = x.detach().to(torch.float32).contiguous()
+        blocks = x.reshape(rows, k // self.block_size, self.block_size)
+        if importance is None:
+            out = self._quantize_blocks(blocks)
+        else:
+            imp = importance.detach().to(torch.float32).reshape(-1)
+            if imp.numel() != k:
+                raise UnsupportedFormatError(
+                    f"{self.name}: importance has {imp.numel()} values for rows of {k}"
+                )
+            out = self._quantize_blocks_weighted(
+                blocks, x, imp.reshape(k // self.block_size, self.block_size)
+            )
+        return out.reshape(rows, -1)
+
+    def dequantize(self, raw: torch.Tensor, k: int) -> torch.Tensor:
+        """uint8 (rows, nbytes) -> float32 (rows, k) (ggml's dequantize_row_<type>)."""
+        self._check_k(k)
+        raw = raw.reshape(raw.shape[0] if raw.dim() > 1 else 1, -1)
+        nb = k // self.block_size
+        if raw.shape[1] != nb * self.type_size:
+            raise UnsupportedFormatError(
+                f"{self.name}: {raw.shape[1]} bytes per row, expected {nb * self.type_size}"
+            )
+        return self._dequantize_blocks(raw.reshape(raw.shape[0], nb, self.type_size)).reshape(
+            raw.shape[0], k
+        )
+
+    def _quantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _quantize_blocks_weighted(
+        self, blocks: torch.Tensor, rows: torch.Tensor, imp: torch.Tensor
+    ) -> torch.Tensor:
+        raise UnsupportedFormatError(
+            f"{self.name}: quantization with an importance vector is not implemented yet"
+        )
+
+    def _dequantize_blocks(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def rdiv(a: float, t: torch.Tensor) -> torch.Tensor:
+    """The float32 quotient a / t, correctly rounded like C's a/t. (Python's `a / tensor` is
+    torch's reciprocal(t) * a, which differs from a/t in the last bit for most a.)"""
+    return torch.div(torch.full_like(t, a), t)
+
+
+def sqrtf(t: torch.Tensor) -> torch.Tensor:
+    """C sqrtf, correctly rounded. torch.sqrt on float32 CPU tensors goes through a vectorized
+    (Sleef) path that is off by one ulp for some inputs; the square root in float64 rounded
+    to float32 is the correctly rounded float32 result (53 >= 2 * 24 + 2 bits)."""
+    return torch.sqrt(t.to(torch.float64)).to(torch.float32)
+
+
+class GGMLType:
+    """ggml_type ids (ggml.h enum ggml_type, = gguf.GGMLQuantizationType): written out so that
+    formats/ needs no gguf import (gguf is an optional extra); tests compare them with gguf."""
+
+    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 2, 3, 6, 7, 8
+    Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = 10, 11, 12, 13, 14
+    IQ4_NL = 20
