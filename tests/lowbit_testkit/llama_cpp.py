@@ -24,8 +24,9 @@ def tool(name: str) -> Path:
     path = llama_cpp_dir() / "bin" / name
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(
-            f"llama.cpp tool {name} not found at {path}: run `make llama-tools` (builds llama.cpp "
-            f"{COMMIT} once, ~5 minutes) or set LOWBIT_LLAMA_CPP_DIR to a folder that has bin/{name}",
+            f"llama.cpp tool {name} not found at {path}: run `make llama-tools` (builds "
+            f"llama.cpp {COMMIT} once, ~5 minutes) or set LOWBIT_LLAMA_CPP_DIR to a folder "
+            f"that has bin/{name}",
             pytrace=False,
         )
     return path
