@@ -46,6 +46,8 @@ if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
 fi
 
 BUILD=$DIR/build
+# No network code: this llama.cpp no longer links curl (LLAMA_CURL is deprecated, a no-op
+# with a warning); its model downloads use OpenSSL, which is turned off.
 cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON \
@@ -53,13 +55,14 @@ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" \
     -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF \
-    -DCMAKE_RUNTIME_OUTPUT_DIRECTORY="$DIR/bin" \
-    -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$DIR/lib" \
-    -DCMAKE_BUILD_RPATH="$DIR/lib"
+    -DLLAMA_BUILD_COMMON=ON
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j "$JOBS" --target $TOOLS
+# llama.cpp puts executables and shared libraries in build/bin (its RPATH points there):
+# bin/ and lib/ of the install folder are links to it.
+ln -sfn build/bin "$DIR/bin"
+ln -sfn build/bin "$DIR/lib"
 for t in $TOOLS; do
     [ -x "$DIR/bin/$t" ] || { echo "error: $t was not built in $DIR/bin" >&2; exit 1; }
 done
