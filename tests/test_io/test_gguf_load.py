@@ -161,3 +161,21 @@ def test_smollm2_logits_equal_transformers_gguf_loading() -> None:
     with torch.no_grad():
         exact = load_gguf(path, kernel=REFERENCE_NAME)(ids).logits
     torch.testing.assert_close(exact, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_load_model_keeps_a_llama_gguf_quantized_for_eval() -> None:
+    from lowbit.eval.bundled import smollm2_gguf_path
+    from lowbit.eval.perplexity import perplexity
+    from lowbit.eval.text import evaluation_text
+    from lowbit.io.hf import load_model
+
+    text = evaluation_text()
+    stored = load_model(smollm2_gguf_path(), task="causal-lm", gguf_weights="lowbit")
+    assert stored.source == "gguf-lowbit" and stored.tokenizer is not None
+    assert isinstance(stored.model.model.layers[0].mlp.down_proj, QuantLinear)
+    floats = load_model(smollm2_gguf_path(), task="causal-lm")
+    assert floats.source == "gguf"
+    a = perplexity(stored.model, stored.tokenizer, text, ctx=256, stride=256, max_tokens=256)
+    b = perplexity(floats.model, floats.tokenizer, text, ctx=256, stride=256, max_tokens=256)
+    assert a.ppl == pytest.approx(b.ppl, rel=0.02)  # same weights; bf16 kernels
