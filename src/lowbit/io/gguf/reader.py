@@ -243,7 +243,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
             raise damaged(path, f"key {key!r} appears twice")
         metadata[key] = cur.value(vtype, f"the value of {key!r}")
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
         raise damaged(path, f"general.alignment is {alignment!r}, not a power of two")
     infos = []
     names: set[str] = set()
