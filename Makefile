@@ -17,7 +17,7 @@ LATEST := .venv-latest
 OLDEST := .venv-oldest
 LINT_PATHS := src tests benchmarks examples tools
 
-.PHONY: demo test bench lint venv clean lock test-latest test-oldest
+.PHONY: demo test bench lint venv clean lock test-latest test-oldest llama-tools
 
 # $(call install,VENV,PIP OPTIONS,EXTRAS): pip and setuptools, then torch (CPU wheel), then
 # lowbit (built without isolation, so the locked setuptools builds it), then the model wheels.
@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lowbit demo
 
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
-test: $(STAMP)
+test: $(STAMP) llama-tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q -n 2
 
@@ -81,3 +81,12 @@ test-oldest:
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(OLDEST) $(OLDEST)-constraints.txt .pytest_cache .ruff_cache
+
+# llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity, llama-completion,
+# llama-embedding) and its shared libraries, built once from the pinned llama-cpp-python sdist
+# into $(LOWBIT_LLAMA_CPP_DIR) (tools/llama_cpp.sh; a stamp file makes reruns instant).
+LOWBIT_LLAMA_CPP_DIR ?= $(HOME)/.cache/lowbit/llama.cpp-0c1e570
+export LOWBIT_LLAMA_CPP_DIR
+
+llama-tools: $(STAMP)
+	nice tools/llama_cpp.sh $(PY)

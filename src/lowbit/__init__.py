@@ -2,8 +2,9 @@
 honestly what it cost.
 
 The model-level API (``quantize``, ``describe``, ``prepare_qat``, ``convert``, ``save``,
-``load``) and the sub-packages (``lowbit.recipes``, ``lowbit.nn``, ...) are imported on first
-use, so ``import lowbit`` stays light and ``import lowbit; lowbit.nn.QuantLinear`` works.
+``load``, ``load_gguf``) and the sub-packages (``lowbit.recipes``, ``lowbit.nn``, ...) are
+imported on first use, so ``import lowbit`` stays light and ``import lowbit;
+lowbit.nn.QuantLinear`` works.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _LAZY = {
     "PRESETS": "lowbit.recipes",
     "save": "lowbit.io",
     "load": "lowbit.io",
+    "load_gguf": "lowbit.io.gguf",
     "retain_freed_memory": "lowbit.kernels",
 }
 

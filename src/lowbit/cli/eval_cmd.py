@@ -38,7 +38,8 @@ def _perplexity(
     from lowbit.progress import status
 
     with status(f"loading {model}"):
-        loaded = load_model(model, task="causal-lm")
+        # A llama GGUF is measured as stored: its Q8_0/Q4_0/Q4_1 weights on lowbit's kernels.
+        loaded = load_model(model, task="causal-lm", gguf_weights="lowbit")
     result = perplexity(
         loaded.model, loaded.tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens
     )

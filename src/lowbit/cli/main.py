@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, quantize_cmd, size_cmd
+from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, inspect_cmd, quantize_cmd, size_cmd
 from lowbit.errors import LowbitError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command("explain")(explain_cmd.explain)
 app.command("size")(size_cmd.size)
+app.command("inspect")(inspect_cmd.inspect)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_model)
 app.command("quantize")(quantize_cmd.quantize_model)

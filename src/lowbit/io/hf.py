@@ -29,7 +29,7 @@ from torch import nn
 
 from lowbit.atomic import recover
 from lowbit.errors import InvalidInputError, LowbitError, UnsupportedFormatError, require
-from lowbit.io.inspect import folder_safetensors, read_gguf_header, read_safetensors_header
+from lowbit.io.inspect import folder_safetensors, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class LoadedModel:
         model: the ``nn.Module`` in eval mode (a transformers model).
         tokenizer: its tokenizer, or None when the source ships none (token ids still work).
         kind: "causal-lm" (logits over the vocabulary) or "embedding" (hidden states).
-        source: where it came from: "hf-folder", "gguf" or "hub".
+        source: where it came from: "hf-folder", "gguf" (transformers, float), "gguf-lowbit"
+            (lowbit.load_gguf), "lowbit" or "hub".
     """
 
     model: nn.Module
@@ -167,14 +168,22 @@ def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
     return LoadedModel(load(folder), _load_tokenizer(transformers, str(folder)), kind, "lowbit")
 
 
-def _load_gguf(path: Path, task: str, dtype: torch.dtype) -> LoadedModel:
+def _load_gguf(path: Path, task: str, dtype: torch.dtype, gguf_weights: str) -> LoadedModel:
     transformers = require("transformers", "hf")
     require("gguf", "gguf")
-    require("accelerate", "hf")  # transformers' GGUF loader needs it
-    read_gguf_header(path)  # a cut or inflated header fails here with the fix, not in transformers
+    from lowbit.io.gguf import load_gguf, read_gguf
+    from lowbit.io.gguf.load import ARCHITECTURES
+
+    # A cut or inflated header fails here with the fix, not in transformers.
+    arch = read_gguf(path).metadata.get("general.architecture")
     # GGUF files of llama.cpp are language models; "embedding" loads the bare decoder.
     kind = "causal-lm" if task == "auto" else task
     folder, name = str(path.parent), path.name
+    if gguf_weights == "lowbit" and kind == "causal-lm" and arch in ARCHITECTURES:
+        model = load_gguf(path, dtype=dtype)
+        tokenizer = _load_tokenizer(transformers, folder, gguf_file=name)
+        return LoadedModel(model, tokenizer, kind, "gguf-lowbit")
+    require("accelerate", "hf")  # transformers' GGUF loader needs it
     model = _from_pretrained(
         _auto_class(transformers, kind), folder, str(path), gguf_file=name, dtype=dtype
     )
@@ -201,7 +210,11 @@ def _load_hub(repo_id: str, task: str, dtype: torch.dtype) -> LoadedModel:
 
 
 def load_model(
-    path: str | Path, *, task: Task = "auto", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    task: Task = "auto",
+    dtype: torch.dtype = torch.float32,
+    gguf_weights: Literal["float", "lowbit"] = "float",
 ) -> LoadedModel:
     """Load a transformer model and its tokenizer for evaluation.
 
@@ -212,6 +225,10 @@ def load_model(
             "auto": causal-lm when config.json's architectures name a language model
             (``*ForCausalLM``, ``*LMHeadModel``) or the file is GGUF, else embedding.
         dtype: the floating-point type of the loaded weights (float32: the reference).
+        gguf_weights: for a llama-family ``.gguf`` language model, "lowbit" loads it with
+            ``lowbit.load_gguf`` (Q8_0/Q4_0/Q4_1 linear weights stay quantized, run on
+            lowbit's kernels: the model as stored); "float" (default) lets transformers
+            dequantize every tensor (a float model, e.g. to quantize with a recipe).
 
     Raises:
         InvalidInputError: the path does not exist, or the folder is not a model folder.
@@ -232,7 +249,7 @@ def load_model(
                 f"{local} is not a model lowbit can load ({local.suffix or 'no extension'}); "
                 "pass a Hugging Face model folder or a .gguf file"
             )
-        loaded = _load_gguf(local, task, dtype)
+        loaded = _load_gguf(local, task, dtype, gguf_weights)
     elif isinstance(path, str) and _HUB_ID.match(path) and not path.endswith(".gguf"):
         loaded = _load_hub(path, task, dtype)
     else:

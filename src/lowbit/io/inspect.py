@@ -1,8 +1,8 @@
 """Count a model's parameters from its files' headers, without loading weights.
 
 Reads safetensors files (the 8-byte little-endian header length, then the JSON header of
-names, dtypes, shapes and data offsets), GGUF files (through gguf-py's GGUFReader, which
-memory-maps the file and reads only the tensor infos here), and Hugging Face folders (their
+names, dtypes, shapes and data offsets), GGUF files (through lowbit.io.gguf's validating reader,
+which memory-maps the file and reads only the tensor infos here), and Hugging Face folders (their
 *.safetensors files). Pickled checkpoints (pytorch_model.bin, *.pt) are never opened:
 unpickling can run arbitrary code.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
-from lowbit.errors import InvalidInputError, UnsupportedFormatError, require
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -170,22 +170,16 @@ def _inspect_safetensors(path: Path, files: list[Path]) -> ModelFileInfo:
 
 
 def read_gguf_header(path: Path) -> list[tuple[str, int]]:
-    """(type name, elements) of every tensor in a GGUF file, checked against the file: gguf-py
-    memory-maps it, so a header that is cut or claims more than the file holds fails here
-    (before transformers reads it into memory).
+    """(type name, elements) of every tensor in a GGUF file, checked against the file by
+    lowbit.io.gguf's validating reader (memory-mapped; headers only).
 
     Raises:
         InvalidInputError: the file is truncated or its header is damaged.
-        MissingDependencyError: the ``gguf`` package is not installed.
+        MissingDependencyError: the ``gguf`` package (its type table) is not installed.
     """
-    gguf = require("gguf", "gguf")
-    try:
-        reader = gguf.GGUFReader(path)
-        tensors = [(t.tensor_type.name, int(t.n_elements)) for t in reader.tensors]
-    except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        # gguf-py reports damage with ad-hoc exceptions (bad magic, short reads from the mmap).
-        raise _damaged(path, f"{type(exc).__name__}: {exc}", "GGUF") from None
-    return tensors
+    from lowbit.io.gguf import read_gguf
+
+    return [(t.type.name, t.n_elements) for t in read_gguf(path).tensors]
 
 
 def _inspect_gguf(path: Path) -> ModelFileInfo:
