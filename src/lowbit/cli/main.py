@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, quantize_cmd, size_cmd
+from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, export_cmd, quantize_cmd, size_cmd
 from lowbit.errors import LowbitError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("size")(size_cmd.size)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_model)
 app.command("quantize")(quantize_cmd.quantize_model)
+app.command("export")(export_cmd.export_model)
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -1,0 +1,1 @@
+"""GGUF files: per-tensor type choice (types.py) and the writer (writer.py)."""
