@@ -135,9 +135,8 @@ def export_gguf(
     return _write_from_reader(gguf, reader, src, out, file_type)
 
 
-def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> ExportResult:
-    from lowbit.atomic import atomic_file_path
-
+def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
+    """The tensors of a GGUF reader in llama-quantize's order and the type each gets."""
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
 
     def kv_int(key: str, default: int = 0) -> int:
@@ -145,16 +144,25 @@ def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> Ex
         return int(f.parts[f.data[0]].item()) if f is not None else default
 
     by_name = {t.name: t for t in reader.tensors}
-    order = llama_quantize_order(list(by_name))
     infos = [
         TensorInfo(n, tuple(int(d) for d in by_name[n].shape), by_name[n].tensor_type.name)
-        for n in order
+        for n in llama_quantize_order(list(by_name))
     ]
     n_head = kv_int("attention.head_count")
     types = choose_tensor_types(
         file_type, infos, n_layer=kv_int("block_count"), n_head=n_head,
         n_head_kv=kv_int("attention.head_count_kv", n_head),
     )  # fmt: skip
+    return infos, types
+
+
+def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> ExportResult:
+    from lowbit.atomic import atomic_file_path
+
+    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    by_name = {t.name: t for t in reader.tensors}
+    infos, types = plan_types(reader, file_type)
+    order = [i.name for i in infos]
     missing = sorted(
         {t for t, i in zip(types, infos, strict=True) if t != i.type} - set(_GGUF_PY_TYPES)
     )
