@@ -64,3 +64,17 @@ def test_llama_perplexity_loads_lowbits_file(tmp_path):
     estimate = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
     assert estimate is not None, (run.stdout + run.stderr)[-2000:]
     assert 1.0 < float(estimate.group(1)) < 1000.0
+
+
+def test_atomic_file_path_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
+    from lowbit.atomic import atomic_file_path
+
+    dest = tmp_path / "m.gguf"
+    dest.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert dest.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [dest]
+    with atomic_file_path(dest) as tmp:
+        tmp.write_bytes(b"new")
+    assert dest.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [dest]
