@@ -188,3 +188,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_file_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest`` for a writer that opens files by name (e.g.
+    gguf-py's GGUFWriter); when the block ends without an error, the file is fsynced and
+    renamed onto ``dest``. On an error the temporary file is removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest)
+    tmp = _temp_path(dest)
+    # created here with 0o666 minus the umask; a writer opening it by name keeps that mode
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(dest.parent)

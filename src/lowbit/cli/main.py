@@ -8,7 +8,15 @@ from typing import NoReturn
 
 import typer
 
-from lowbit.cli import demo_cmd, eval_cmd, explain_cmd, inspect_cmd, quantize_cmd, size_cmd
+from lowbit.cli import (
+    demo_cmd,
+    eval_cmd,
+    explain_cmd,
+    export_cmd,
+    inspect_cmd,
+    quantize_cmd,
+    size_cmd,
+)
 from lowbit.errors import LowbitError
 
 app = typer.Typer(
@@ -24,6 +32,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_model)
 app.command("quantize")(quantize_cmd.quantize_model)
+app.command("export")(export_cmd.export_model)
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -1,0 +1,49 @@
+"""``lowbit export``: a model in, a GGUF file out, with llama-quantize's per-tensor types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.output import print_json, print_table
+from lowbit.errors import InvalidInputError
+
+
+def export_model(
+    model: Annotated[str, typer.Argument(help="GGUF file (llama family or BERT).")],
+    out: Annotated[Path, typer.Option(help="GGUF file to write (replaced atomically).")],
+    type_: Annotated[
+        str,
+        typer.Option("--type", help="q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, ..., f16, bf16, f32."),
+    ],
+    format_: Annotated[str, typer.Option("--format", help="Output format: gguf.")] = "gguf",
+    method: Annotated[str, typer.Option(help="Rounding method: rtn.")] = "rtn",
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Export MODEL to a GGUF file of --type, as llama-quantize would (types, metadata, order)."""
+    if format_ != "gguf":
+        raise InvalidInputError(f"--format {format_!r} is not supported; use --format gguf")
+    from lowbit.io.gguf.writer import export_gguf
+
+    result = export_gguf(model, out, type_.lower(), method=method)
+    doc = {
+        "model": model,
+        "out": str(result.path),
+        "type": type_.lower(),
+        "method": method,
+        "input_bytes": result.input_bytes,
+        "output_bytes": result.output_bytes,
+        "bits_per_weight": round(result.bits_per_weight, 3),
+        "tensor_types": result.type_counts,
+    }
+    if json:
+        print_json(doc)
+        return
+    rows = [[t, n] for t, n in sorted(result.type_counts.items())]
+    print_table(f"{result.path.name} ({type_.lower()}, {method})", ["type", "tensors"], rows)
+    typer.echo(
+        f"input {result.input_bytes / 1e6:.1f} MB → output {result.output_bytes / 1e6:.1f} MB, "
+        f"{result.bits_per_weight:.2f} bits per weight (whole file / weights)"
+    )

@@ -1,0 +1,212 @@
+"""Write a GGUF file as llama-quantize would: per-tensor types from :mod:`.types`, KV metadata
+and tensor order kept from a GGUF source, written atomically through gguf-py's GGUFWriter.
+
+Block encoding goes through one function, :func:`encode_tensor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.errors import InvalidInputError, UnsupportedFormatError, require
+from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("rtn",)
+PLANNED_METHODS = ("imatrix", "gptq", "awq")
+# gguf-py's numpy quantizers are byte-identical to ggml's reference code for these types
+# (llama-quantize without imatrix); the k-quants and IQ4_NL wait for lowbit.formats.blocks.
+_GGUF_PY_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+GGML_QNT_VERSION = 2
+# KV keys llama-quantize drops (split keys) or sets itself (appended last, in this order).
+_DROPPED_KEYS = ("split.no", "split.count", "split.tensors.count")
+_SET_KEYS = ("general.quantization_version", "general.file_type")
+
+
+def encode_tensor(type_name: str, weight: np.ndarray) -> np.ndarray:
+    """Encode a float32 weight (numpy order, row length last) as ggml type ``type_name``.
+
+    Returns: uint8 array (rows, bytes per row), the bytes llama-quantize writes.
+    Raises: UnsupportedFormatError for types whose codec is not available yet.
+    """
+    gguf = require("gguf", "gguf")
+    if type_name not in _GGUF_PY_TYPES:
+        raise UnsupportedFormatError(
+            f"GGUF type {type_name} needs lowbit's k-quant/IQ4_NL block codecs "
+            "(lowbit.formats.blocks), which are not merged yet; export as q8_0, q4_0, q4_1, "
+            "q5_0, q5_1, f16, bf16 or f32 for now"
+        )
+    qtype = gguf.GGMLQuantizationType[type_name]
+    data = np.ascontiguousarray(weight, dtype=np.float32)
+    encoded = np.ascontiguousarray(gguf.quants.quantize(data, qtype))
+    return encoded.view(np.uint8).reshape(
+        -1, encoded.view(np.uint8).size // max(1, data.size // data.shape[-1])
+    )
+
+
+def llama_quantize_order(names: list[str]) -> list[str]:
+    """The order llama-quantize writes tensors in: its weights_map comparer (layer number
+    from "blk.N.", -1 for others, then the name)."""
+
+    def key(name: str) -> tuple[int, bytes]:
+        m = re.match(r"blk\.(-?\d+)\.", name)
+        return (int(m.group(1)) if m else -1, name.encode())
+
+    return sorted(names, key=key)
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: sizes in bytes, weights, per-type tensor counts."""
+
+    path: Path
+    input_bytes: int
+    output_bytes: int
+    n_params: int
+    type_counts: dict[str, int] = field(default_factory=dict)
+    tensor_types: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.output_bytes / self.n_params
+
+
+def _check_args(file_type: str, method: str, out: Path) -> None:
+    if file_type not in FILE_TYPES:
+        raise UnsupportedFormatError(
+            f"unknown GGUF type {file_type!r}; choose one of {', '.join(FILE_TYPES)}"
+        )
+    if method not in METHODS:
+        planned = f" ({method} is planned, not available yet)" if method in PLANNED_METHODS else ""
+        raise UnsupportedFormatError(
+            f"unknown --method {method!r}{planned}; available: {', '.join(METHODS)}"
+        )
+    if out.suffix != ".gguf":
+        raise InvalidInputError(f"--out must name a .gguf file, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise InvalidInputError(
+            f"the folder of --out does not exist: {str(out.parent)!r}; create it first"
+        )
+
+
+def _field_value(gguf, f):
+    """A reader field as (value, type, sub_type) for GGUFWriter.add_key_value."""
+    vtype = f.types[0]
+    if vtype == gguf.GGUFValueType.ARRAY:
+        sub = f.types[-1]
+        if sub == gguf.GGUFValueType.STRING:
+            return [bytes(f.parts[i]) for i in f.data], vtype, sub
+        return [p.item() for i in f.data for p in f.parts[i]], vtype, sub
+    if vtype == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]), vtype, None
+    return f.parts[f.data[0]].item(), vtype, None
+
+
+def export_gguf(
+    model: str | os.PathLike, out: str | os.PathLike, file_type: str, *, method: str = "rtn"
+) -> ExportResult:
+    """Export ``model`` (a GGUF file) to a GGUF file of ``file_type``, as llama-quantize would.
+
+    Args:
+        model: a GGUF file (llama family or BERT).
+        out: the .gguf file to write (replaced atomically).
+        file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
+        method: "rtn" (the only one available yet).
+    """
+    src, out = Path(model), Path(out)
+    _check_args(file_type, method, out)
+    if src.is_dir():
+        raise UnsupportedFormatError(
+            f"exporting a Hugging Face folder ({str(src)!r}) to GGUF is not implemented yet; "
+            "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file"
+        )
+    if src.suffix != ".gguf" or not src.is_file():
+        raise InvalidInputError(f"MODEL must be an existing .gguf file, got {str(src)!r}")
+    gguf = require("gguf", "gguf")
+    reader = gguf.GGUFReader(src)
+    return _write_from_reader(gguf, reader, src, out, file_type)
+
+
+def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
+    """The tensors of a GGUF reader in llama-quantize's order and the type each gets."""
+    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+
+    def kv_int(key: str, default: int = 0) -> int:
+        f = reader.fields.get(f"{arch}.{key}")
+        return int(f.parts[f.data[0]].item()) if f is not None else default
+
+    by_name = {t.name: t for t in reader.tensors}
+    infos = [
+        TensorInfo(n, tuple(int(d) for d in by_name[n].shape), by_name[n].tensor_type.name)
+        for n in llama_quantize_order(list(by_name))
+    ]
+    n_head = kv_int("attention.head_count")
+    types = choose_tensor_types(
+        file_type, infos, n_layer=kv_int("block_count"), n_head=n_head,
+        n_head_kv=kv_int("attention.head_count_kv", n_head),
+    )  # fmt: skip
+    return infos, types
+
+
+def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> ExportResult:
+    from lowbit.atomic import atomic_file_path
+
+    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    by_name = {t.name: t for t in reader.tensors}
+    infos, types = plan_types(reader, file_type)
+    order = [i.name for i in infos]
+    missing = sorted(
+        {t for t, i in zip(types, infos, strict=True) if t != i.type} - set(_GGUF_PY_TYPES)
+    )
+    if missing:
+        encode_tensor(missing[0], np.zeros((1, 256), np.float32))  # raises before any write
+    with atomic_file_path(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        writer.kv_data[0].clear()  # GGUFWriter adds general.architecture; keep the source's order
+        alignment = None
+        for key, f in reader.fields.items():
+            if key.startswith("GGUF.") or key in _DROPPED_KEYS or key in _SET_KEYS:
+                continue
+            value, vtype, sub = _field_value(gguf, f)
+            if key == "general.alignment":
+                alignment = int(value)
+            writer.add_key_value(key, value, vtype, sub_type=sub)
+        if alignment is not None:
+            writer.data_alignment = alignment
+        writer.add_uint32("general.quantization_version", GGML_QNT_VERSION)
+        writer.add_uint32("general.file_type", FILE_TYPES[file_type][1])
+        for info, new_type in zip(infos, types, strict=True):
+            t = by_name[info.name]
+            if new_type == info.type:
+                data = np.asarray(t.data).view(np.uint8)
+                data = data.reshape(-1, data.size // max(1, int(np.prod(info.shape[1:]))))
+            else:
+                weight = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+                data = encode_tensor(new_type, weight.reshape(-1, info.shape[0]))
+            # byte shape in numpy order (row length last, in bytes), with the source's dims
+            byte_shape = (
+                *reversed(info.shape[1:]),
+                data.size // max(1, int(np.prod(info.shape[1:]))),
+            )
+            data = data.reshape(byte_shape)
+            writer.add_tensor(
+                info.name, data, raw_shape=byte_shape, raw_dtype=gguf.GGMLQuantizationType[new_type]
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    n_params = sum(int(np.prod(i.shape)) for i in infos)
+    return ExportResult(
+        path=out, input_bytes=src.stat().st_size, output_bytes=out.stat().st_size,
+        n_params=n_params, type_counts=dict(Counter(types)),
+        tensor_types=dict(zip(order, types, strict=True)),
+    )  # fmt: skip

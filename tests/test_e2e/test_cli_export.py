@@ -1,0 +1,59 @@
+"""``lowbit export``: a GGUF file in, a GGUF file out; bad arguments are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lowbit.cli.main import main
+from lowbit.eval.bundled import smollm2_gguf_path
+
+
+def _fails_cleanly(capsys, args: list[str], message: str, workdir: Path) -> None:
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--type", "q9_9"], "unknown GGUF type 'q9_9'"),
+        (["--type", "q4_0", "--method", "gptq"], "gptq is planned, not available yet"),
+        (["--type", "q4_0", "--format", "onnx"], "use --format gguf"),
+        (["--type", "q4_k_m"], "not merged yet"),
+    ],
+)
+def test_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
+    args = ["export", str(smollm2_gguf_path()), "--out", str(tmp_path / "m.gguf"), *extra]
+    _fails_cleanly(capsys, args, message, tmp_path)
+
+
+def test_out_must_be_a_gguf_file(capsys, tmp_path):
+    args = ["export", str(smollm2_gguf_path()), "--type", "q8_0", "--out", str(tmp_path / "m")]
+    _fails_cleanly(capsys, args, "--out must name a .gguf file", tmp_path)
+
+
+def test_hf_folder_is_not_implemented_yet(capsys, tmp_path):
+    from lowbit.eval.bundled import minilm_path
+
+    args = ["export", str(minilm_path()), "--type", "f16", "--out", str(tmp_path / "m.gguf")]
+    _fails_cleanly(capsys, args, "not implemented yet", tmp_path)
+
+
+@pytest.mark.slow
+def test_export_q4_0_prints_sizes_and_type_counts(capsys, tmp_path):
+    out = tmp_path / "m.gguf"
+    main(["export", str(smollm2_gguf_path()), "--type", "q4_0", "--out", str(out), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["output_bytes"] == out.stat().st_size
+    # SmolLM2: 30 layers x 7 matrices as Q4_0, the tied token_embd as Q8_0, 61 norms F32
+    assert doc["tensor_types"] == {"F32": 61, "Q4_0": 210, "Q8_0": 1}
+    assert 4.5 < doc["bits_per_weight"] < 6.0

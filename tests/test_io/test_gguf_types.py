@@ -1,0 +1,91 @@
+"""lowbit.io.gguf.types: llama-quantize's per-tensor type choice."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from lowbit.errors import UnsupportedFormatError
+from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, allows_quantization, choose_tensor_types
+from lowbit.io.gguf.writer import llama_quantize_order, plan_types
+
+
+def _model(n_layer: int, width: int) -> list[TensorInfo]:
+    names = ["token_embd.weight", "output_norm.weight", "output.weight"]
+    for i in range(n_layer):
+        names += [f"blk.{i}.{p}.weight" for p in ("attn_norm", "attn_q", "attn_k", "attn_v",
+                                                  "attn_output", "ffn_norm", "ffn_gate",
+                                                  "ffn_up", "ffn_down")]  # fmt: skip
+    return [
+        TensorInfo(
+            n, (width,) if "norm" in n else (width, width), "F16" if "norm" not in n else "F32"
+        )
+        for n in llama_quantize_order(names)
+    ]
+
+
+def test_norms_and_1d_keep_their_type():
+    assert not allows_quantization(TensorInfo("blk.0.attn_norm.weight", (576,), "F32"))
+    assert not allows_quantization(TensorInfo("blk.0.attn_q.bias", (576, 576), "F32"))
+    assert not allows_quantization(TensorInfo("position_embd.weight", (384, 512), "F32"))
+    assert allows_quantization(TensorInfo("blk.0.attn_q.weight", (576, 576), "F16"))
+
+
+def test_q4_k_m_mix_on_a_width_256_model():
+    tensors = _model(8, 512)
+    types = dict(zip([t.name for t in tensors], choose_tensor_types(
+        "q4_k_m", tensors, n_layer=8, n_head=8, n_head_kv=8), strict=True))  # fmt: skip
+    assert types["output.weight"] == "Q6_K"
+    assert types["token_embd.weight"] == "Q4_K"  # untied: the default type
+    assert types["output_norm.weight"] == "F32"
+    # use_more_bits(i, 8): i < 1, i >= 7, (i - 1) % 3 == 2 -> layers 0, 3, 6, 7
+    assert [types[f"blk.{i}.ffn_down.weight"] for i in range(8)] == [
+        "Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q6_K"]  # fmt: skip
+    assert [types[f"blk.{i}.attn_v.weight"] for i in range(8)] == [
+        "Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q6_K"]  # fmt: skip
+    assert types["blk.0.attn_q.weight"] == "Q4_K"
+
+
+def test_fallbacks_when_the_row_is_not_a_multiple_of_256():
+    tensors = _model(2, 576)  # SmolLM2's width
+    types = choose_tensor_types("q4_k_s", tensors, n_layer=2, n_head=9, n_head_kv=3)
+    by = dict(zip([t.name for t in tensors], types, strict=True))
+    assert by["blk.1.attn_q.weight"] == "Q5_0"  # Q4_K -> Q5_0
+    assert by["output.weight"] == "Q8_0"  # 576 % 256 != 0
+    assert choose_tensor_types("q6_k", tensors, n_layer=2, n_head=9, n_head_kv=3)[-1] == "Q8_0"
+    odd = [TensorInfo("blk.0.attn_q.weight", (100, 64), "F32")]
+    assert choose_tensor_types("q4_0", odd, n_layer=1, n_head=1, n_head_kv=1) == ["F16"]
+
+
+def test_order_is_llama_quantizes():
+    names = [
+        "blk.10.a.weight",
+        "blk.2.b.weight",
+        "output.weight",
+        "blk.2.a.weight",
+        "token_embd.weight",
+    ]
+    expected = ["output.weight", "token_embd.weight"]
+    assert llama_quantize_order(names) == [*expected, *names[3:4], names[1], names[0]]
+
+
+def test_unknown_type_names_the_choices():
+    with pytest.raises(UnsupportedFormatError, match="q4_k_m"):
+        choose_tensor_types("q9", [], n_layer=1, n_head=1, n_head_kv=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_type", list(FILE_TYPES))
+def test_types_equal_llama_quantizes_on_smollm2(file_type, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from lowbit.eval.bundled import smollm2_gguf_path
+    from lowbit_testkit.llama_cpp import tool
+
+    src = smollm2_gguf_path()
+    ref = tmp_path / "ref.gguf"
+    subprocess.run([str(tool("llama-quantize")), "--allow-requantize", str(src), str(ref),
+                    file_type.upper(), "2"], check=True, capture_output=True)  # fmt: skip
+    expected = [(t.name, t.tensor_type.name) for t in gguf.GGUFReader(ref).tensors]
+    infos, types = plan_types(gguf.GGUFReader(src), file_type)
+    assert [(i.name, t) for i, t in zip(infos, types, strict=True)] == expected

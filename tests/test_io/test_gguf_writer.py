@@ -1,0 +1,80 @@
+"""lowbit.io.gguf.writer: GGUF export, byte-identical to llama-quantize for the types gguf-py
+encodes as ggml does (q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16, f32)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from lowbit.errors import UnsupportedFormatError
+from lowbit.eval.bundled import smollm2_gguf_path
+from lowbit.io.gguf.writer import encode_tensor, export_gguf
+from lowbit_testkit.llama_cpp import tool
+
+BYTE_IDENTICAL_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32"]
+
+
+def test_encode_tensor_q8_0_layout():
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    encoded = encode_tensor("Q8_0", x)
+    assert encoded.dtype == np.uint8 and encoded.shape == (2, 34)  # f16 scale + 32 int8
+
+
+def test_k_quants_wait_for_the_codecs_and_nothing_is_written(tmp_path):
+    out = tmp_path / "m.gguf"
+    with pytest.raises(UnsupportedFormatError, match="not merged yet"):
+        export_gguf(smollm2_gguf_path(), out, "q4_k_m")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_type", BYTE_IDENTICAL_TYPES)
+def test_smollm2_export_is_byte_identical_to_llama_quantize(file_type, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    src = smollm2_gguf_path()
+    ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+    subprocess.run([str(tool("llama-quantize")), "--allow-requantize", str(src), str(ref),
+                    file_type.upper(), "2"], check=True, capture_output=True)  # fmt: skip
+    result = export_gguf(src, mine, file_type, method="rtn")
+    a, b = gguf.GGUFReader(mine), gguf.GGUFReader(ref)
+    assert list(a.fields) == list(b.fields)  # same KV keys, same order
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for ta, tb in zip(a.tensors, b.tensors, strict=True):
+        assert ta.tensor_type == tb.tensor_type, ta.name
+        assert np.asarray(ta.data).tobytes() == np.asarray(tb.data).tobytes(), ta.name
+    assert mine.read_bytes() == ref.read_bytes()  # the whole file, header included
+    assert result.output_bytes == ref.stat().st_size
+
+
+@pytest.mark.slow
+def test_llama_perplexity_loads_lowbits_file(tmp_path):
+    from lowbit.eval.text import evaluation_text
+
+    mine = tmp_path / "q8_0.gguf"
+    export_gguf(smollm2_gguf_path(), mine, "q8_0")
+    text = tmp_path / "eval.txt"
+    text.write_text(evaluation_text()[:20000])
+    run = subprocess.run([str(tool("llama-perplexity")), "-m", str(mine), "-f", str(text),
+                          "-c", "128", "--chunks", "4", "-t", "2"],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    estimate = re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr)
+    assert estimate is not None, (run.stdout + run.stderr)[-2000:]
+    assert 1.0 < float(estimate.group(1)) < 1000.0
+
+
+def test_atomic_file_path_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
+    from lowbit.atomic import atomic_file_path
+
+    dest = tmp_path / "m.gguf"
+    dest.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert dest.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [dest]
+    with atomic_file_path(dest) as tmp:
+        tmp.write_bytes(b"new")
+    assert dest.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [dest]
