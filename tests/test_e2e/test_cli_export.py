@@ -28,7 +28,6 @@ def _fails_cleanly(capsys, args: list[str], message: str, workdir: Path) -> None
         (["--type", "q9_9"], "unknown GGUF type 'q9_9'"),
         (["--type", "q4_0", "--method", "gptq"], "gptq is planned, not available yet"),
         (["--type", "q4_0", "--format", "onnx"], "use --format gguf"),
-        (["--type", "q4_k_m"], "not merged yet"),
     ],
 )
 def test_bad_arguments_are_one_line(capsys, tmp_path, extra, message):

@@ -9,12 +9,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from lowbit.errors import UnsupportedFormatError
 from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.io.gguf.writer import encode_tensor, export_gguf
 from lowbit_testkit.llama_cpp import tool
 
-BYTE_IDENTICAL_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32"]
+# every legacy and float type, and two k-quant mixes (SmolLM2's 576-wide rows send most of
+# their tensors to fallback types; its 1536-wide ffn_down rows take the k-quants)
+BYTE_IDENTICAL_TYPES = [
+    "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32", "q4_k_m", "q6_k"
+]  # fmt: skip
 
 
 def test_encode_tensor_q8_0_layout():
@@ -23,11 +26,10 @@ def test_encode_tensor_q8_0_layout():
     assert encoded.dtype == np.uint8 and encoded.shape == (2, 34)  # f16 scale + 32 int8
 
 
-def test_k_quants_wait_for_the_codecs_and_nothing_is_written(tmp_path):
-    out = tmp_path / "m.gguf"
-    with pytest.raises(UnsupportedFormatError, match="not merged yet"):
-        export_gguf(smollm2_gguf_path(), out, "q4_k_m")
-    assert list(tmp_path.iterdir()) == []
+def test_encode_tensor_k_quants_and_iq4_nl_use_lowbits_codecs():
+    x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
+    for name, row_bytes in (("Q4_K", 144), ("Q6_K", 210), ("IQ4_NL", 8 * 18)):
+        assert encode_tensor(name, x).shape == (2, row_bytes), name
 
 
 @pytest.mark.slow

@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError, require
+from lowbit.formats.blocks import BLOCK_TYPES, get_block_codec
 from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("rtn",)
 PLANNED_METHODS = ("imatrix", "gptq", "awq")
-# gguf-py's numpy quantizers are byte-identical to ggml's reference code for these types
-# (llama-quantize without imatrix); the k-quants and IQ4_NL wait for lowbit.formats.blocks.
-_GGUF_PY_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# float types are written through gguf-py's casts (byte-identical to ggml's)
+_FLOAT_TYPES = ("F32", "F16", "BF16")
 GGML_QNT_VERSION = 2
 # KV keys llama-quantize drops (split keys) or sets itself (appended last, in this order).
 _DROPPED_KEYS = ("split.no", "split.count", "split.tensors.count")
@@ -34,22 +35,25 @@ _SET_KEYS = ("general.quantization_version", "general.file_type")
 def encode_tensor(type_name: str, weight: np.ndarray) -> np.ndarray:
     """Encode a float32 weight (numpy order, row length last) as ggml type ``type_name``.
 
+    Block types go through lowbit's bit-exact codecs (``lowbit.formats.blocks``, RTN as
+    llama-quantize without an imatrix); F32/F16/BF16 through gguf-py's casts (ggml's rounding).
     Returns: uint8 array (rows, bytes per row), the bytes llama-quantize writes.
-    Raises: UnsupportedFormatError for types whose codec is not available yet.
     """
-    gguf = require("gguf", "gguf")
-    if type_name not in _GGUF_PY_TYPES:
-        raise UnsupportedFormatError(
-            f"GGUF type {type_name} needs lowbit's k-quant/IQ4_NL block codecs "
-            "(lowbit.formats.blocks), which are not merged yet; export as q8_0, q4_0, q4_1, "
-            "q5_0, q5_1, f16, bf16 or f32 for now"
-        )
-    qtype = gguf.GGMLQuantizationType[type_name]
     data = np.ascontiguousarray(weight, dtype=np.float32)
-    encoded = np.ascontiguousarray(gguf.quants.quantize(data, qtype))
-    return encoded.view(np.uint8).reshape(
-        -1, encoded.view(np.uint8).size // max(1, data.size // data.shape[-1])
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
+    if type_name.lower() in BLOCK_TYPES:
+        codec = get_block_codec(type_name)
+        return codec.quantize(torch.from_numpy(rows)).numpy()
+    if type_name.upper() not in _FLOAT_TYPES:
+        raise UnsupportedFormatError(
+            f"GGUF type {type_name} has no encoder; known: {', '.join(_FLOAT_TYPES)} and "
+            f"{', '.join(BLOCK_TYPES)}"
+        )
+    gguf = require("gguf", "gguf")
+    encoded = np.ascontiguousarray(
+        gguf.quants.quantize(rows, gguf.GGMLQuantizationType[type_name.upper()])
     )
+    return encoded.view(np.uint8).reshape(rows.shape[0], -1)
 
 
 def llama_quantize_order(names: list[str]) -> list[str]:
@@ -163,11 +167,6 @@ def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> Ex
     by_name = {t.name: t for t in reader.tensors}
     infos, types = plan_types(reader, file_type)
     order = [i.name for i in infos]
-    missing = sorted(
-        {t for t, i in zip(types, infos, strict=True) if t != i.type} - set(_GGUF_PY_TYPES)
-    )
-    if missing:
-        encode_tensor(missing[0], np.zeros((1, 256), np.float32))  # raises before any write
     with atomic_file_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.kv_data[0].clear()  # GGUFWriter adds general.architecture; keep the source's order
