@@ -18,22 +18,11 @@ import pytest
 import lowbit
 from lowbit.cli.main import main
 from lowbit.eval.bundled import smollm2_gguf_path
+from lowbit_testkit.cli import fails_cleanly
 from lowbit_testkit.models import tiny_llama
 from lowbit_testkit.process import run_measured
 
 PEAK_LIMIT_MB = 500
-
-
-def _fails_cleanly(capsys, args: list[str], message: str, workdir: Path) -> None:
-    """``lowbit ARGS`` exits with code 2 and one line naming the problem; nothing is written."""
-    before = sorted(p.name for p in workdir.iterdir())
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert message in err and "Traceback" not in err
-    assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 def _usage_error(capsys, args: list[str], message: str, workdir: Path) -> None:
@@ -102,7 +91,7 @@ def test_truncated_safetensors(capsys, tmp_path, hf_folder, command) -> None:
         "quantize": ["quantize", str(folder), "--recipe", "w8a16", "--out", str(tmp_path / "q")],
         "eval": ["eval", str(folder), "--task", "perplexity"],
     }[command]
-    _fails_cleanly(capsys, args, "truncated", tmp_path)
+    fails_cleanly(capsys, args, "truncated", tmp_path)
 
 
 def test_size_of_a_header_claiming_a_petabyte_tensor(tmp_path, hf_folder) -> None:
@@ -132,7 +121,7 @@ def test_cut_gguf(capsys, tmp_path, command) -> None:
         "quantize": ["quantize", str(path), "--recipe", "w8a16", "--out", str(tmp_path / "q")],
         "eval": ["eval", str(path), "--task", "perplexity"],
     }[command]
-    _fails_cleanly(capsys, args, "not a readable GGUF file", tmp_path)
+    fails_cleanly(capsys, args, "not a readable GGUF file", tmp_path)
 
 
 @pytest.mark.parametrize("field", ["key length", "tensor dimension"])
@@ -177,7 +166,7 @@ def test_eval_of_a_hand_edited_manifest(capsys, tmp_path, saved_folder, edit, me
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    _fails_cleanly(capsys, ["eval", str(folder), "--task", "perplexity"], message, tmp_path)
+    fails_cleanly(capsys, ["eval", str(folder), "--task", "perplexity"], message, tmp_path)
 
 
 # --- options --------------------------------------------------------------------------------

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from lowbit.cli.main import main
 from lowbit.eval.bundled import smollm2_gguf_path
-
-
-def _fails_cleanly(capsys, args: list[str], message: str, workdir: Path) -> None:
-    before = sorted(p.name for p in workdir.iterdir())
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert message in err and "Traceback" not in err
-    assert sorted(p.name for p in workdir.iterdir()) == before
+from lowbit_testkit.cli import fails_cleanly
 
 
 @pytest.mark.parametrize(
@@ -32,19 +21,19 @@ def _fails_cleanly(capsys, args: list[str], message: str, workdir: Path) -> None
 )
 def test_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
     args = ["export", str(smollm2_gguf_path()), "--out", str(tmp_path / "m.gguf"), *extra]
-    _fails_cleanly(capsys, args, message, tmp_path)
+    fails_cleanly(capsys, args, message, tmp_path)
 
 
 def test_out_must_be_a_gguf_file(capsys, tmp_path):
     args = ["export", str(smollm2_gguf_path()), "--type", "q8_0", "--out", str(tmp_path / "m")]
-    _fails_cleanly(capsys, args, "--out must name a .gguf file", tmp_path)
+    fails_cleanly(capsys, args, "--out must name a .gguf file", tmp_path)
 
 
 def test_hf_folder_is_not_implemented_yet(capsys, tmp_path):
     from lowbit.eval.bundled import minilm_path
 
     args = ["export", str(minilm_path()), "--type", "f16", "--out", str(tmp_path / "m.gguf")]
-    _fails_cleanly(capsys, args, "not implemented yet", tmp_path)
+    fails_cleanly(capsys, args, "not implemented yet", tmp_path)
 
 
 @pytest.mark.slow
