@@ -45,3 +45,10 @@ def test_export_q4_0_prints_sizes_and_type_counts(capsys, tmp_path):
     # SmolLM2: 30 layers x 7 matrices as Q4_0, the tied token_embd as Q8_0, 61 norms F32
     assert doc["tensor_types"] == {"F32": 61, "Q4_0": 210, "Q8_0": 1}
     assert 4.5 < doc["bits_per_weight"] < 6.0
+
+
+def test_a_cut_gguf_is_one_line_and_nothing_is_written(capsys, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_gguf_path().read_bytes()[:5000])
+    args = ["export", str(cut), "--type", "q8_0", "--out", str(tmp_path / "m.gguf")]
+    fails_cleanly(capsys, args, str(cut), tmp_path)

@@ -18,6 +18,7 @@ import torch
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError, require
 from lowbit.formats.blocks import BLOCK_TYPES, get_block_codec
+from lowbit.io.gguf.reader import read_gguf
 from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,13 @@ def export_gguf(
         )
     if src.suffix != ".gguf" or not src.is_file():
         raise InvalidInputError(f"MODEL must be an existing .gguf file, got {str(src)!r}")
+    # lowbit's validating reader first: a damaged or hostile file is one clear error here,
+    # never an ad-hoc exception (or a huge allocation) from gguf-py's reader below
+    if not isinstance(read_gguf(src).metadata.get("general.architecture"), str):
+        raise InvalidInputError(
+            f"{src} has no general.architecture; export a GGUF file written by llama.cpp's "
+            "converter or by lowbit"
+        )
     gguf = require("gguf", "gguf")
     reader = gguf.GGUFReader(src)
     return _write_from_reader(gguf, reader, src, out, file_type)
