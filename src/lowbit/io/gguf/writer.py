@@ -33,18 +33,21 @@ _DROPPED_KEYS = ("split.no", "split.count", "split.tensors.count")
 _SET_KEYS = ("general.quantization_version", "general.file_type")
 
 
-def encode_tensor(type_name: str, weight: np.ndarray) -> np.ndarray:
+def encode_tensor(
+    type_name: str, weight: np.ndarray, importance: torch.Tensor | None = None
+) -> np.ndarray:
     """Encode a float32 weight (numpy order, row length last) as ggml type ``type_name``.
 
-    Block types go through lowbit's bit-exact codecs (``lowbit.formats.blocks``, RTN as
-    llama-quantize without an imatrix); F32/F16/BF16 through gguf-py's casts (ggml's rounding).
+    Block types go through lowbit's bit-exact codecs (``lowbit.formats.blocks``: RTN as
+    llama-quantize without an imatrix; with ``importance``, one value per column, as
+    llama-quantize with an imatrix); F32/F16/BF16 through gguf-py's casts (ggml's rounding).
     Returns: uint8 array (rows, bytes per row), the bytes llama-quantize writes.
     """
     data = np.ascontiguousarray(weight, dtype=np.float32)
     rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
     if type_name.lower() in BLOCK_TYPES:
         codec = get_block_codec(type_name)
-        return codec.quantize(torch.from_numpy(rows)).numpy()
+        return codec.quantize(torch.from_numpy(rows), importance).numpy()
     if type_name.upper() not in _FLOAT_TYPES:
         raise UnsupportedFormatError(
             f"GGUF type {type_name} has no encoder; known: {', '.join(_FLOAT_TYPES)} and "
@@ -66,6 +69,21 @@ def llama_quantize_order(names: list[str]) -> list[str]:
         return (int(m.group(1)) if m else -1, name.encode())
 
     return sorted(names, key=key)
+
+
+@dataclass
+class ChosenValues:
+    """What a calibrated method chose, by GGUF tensor name and in GGUF row order.
+
+    encoded: uint8 (rows, bytes per row) in the tensor's planned type, written as they are;
+    floats: float32 replacements of source tensors (AWQ's scales folded into a norm), then
+    encoded like any source tensor; importance: one value per column, for the imatrix-weighted
+    codecs (tensors without one are rounded to nearest, as llama-quantize does).
+    """
+
+    encoded: dict[str, np.ndarray] = field(default_factory=dict)
+    floats: dict[str, np.ndarray] = field(default_factory=dict)
+    importance: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,7 +134,12 @@ def _field_value(gguf, f):
 
 
 def export_gguf(
-    model: str | os.PathLike, out: str | os.PathLike, file_type: str, *, method: str = "rtn"
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    file_type: str,
+    *,
+    method: str = "rtn",
+    chosen: ChosenValues | None = None,
 ) -> ExportResult:
     """Export ``model`` (a GGUF file) to a GGUF file of ``file_type``, as llama-quantize would.
 
@@ -124,7 +147,8 @@ def export_gguf(
         model: a GGUF file (llama family or BERT).
         out: the .gguf file to write (replaced atomically).
         file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
-        method: "rtn" (the only one available yet).
+        method: the name recorded for the values; "rtn" without ``chosen``.
+        chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
     """
     src, out = Path(model), Path(out)
     _check_args(file_type, method, out)
@@ -144,7 +168,7 @@ def export_gguf(
         )
     gguf = require("gguf", "gguf")
     reader = gguf.GGUFReader(src)
-    return _write_from_reader(gguf, reader, src, out, file_type)
+    return _write_from_reader(gguf, reader, src, out, file_type, chosen or ChosenValues())
 
 
 def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
@@ -168,7 +192,35 @@ def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
     return infos, types
 
 
-def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> ExportResult:
+def _tensor_bytes(gguf, t, info: TensorInfo, new_type: str, chosen: ChosenValues) -> np.ndarray:
+    """The bytes of one tensor in ``new_type``: a method's encoded values, the source's bytes
+    when the type is kept (llama-quantize copies those), else the (replaced) float encoded."""
+    name = info.name
+    k = info.shape[0]
+    if name in chosen.encoded:
+        data = np.ascontiguousarray(chosen.encoded[name], dtype=np.uint8)
+        want = (
+            get_block_codec(new_type).nbytes((data.shape[0], k))
+            if new_type.lower() in BLOCK_TYPES
+            else None
+        )
+        if want is None or data.size != want:
+            raise InvalidInputError(
+                f"{name}: the method's values are not {new_type} bytes of a row of {k}"
+            )
+        return data
+    if new_type == info.type and name not in chosen.floats:
+        data = np.asarray(t.data).view(np.uint8)
+        return data.reshape(-1, data.size // max(1, int(np.prod(info.shape[1:]))))
+    weight = chosen.floats.get(name)
+    if weight is None:
+        weight = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    return encode_tensor(new_type, weight.reshape(-1, k), chosen.importance.get(name))
+
+
+def _write_from_reader(
+    gguf, reader, src: Path, out: Path, file_type: str, chosen: ChosenValues
+) -> ExportResult:
     from lowbit.atomic import atomic_file_path
 
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
@@ -191,13 +243,7 @@ def _write_from_reader(gguf, reader, src: Path, out: Path, file_type: str) -> Ex
         writer.add_uint32("general.quantization_version", GGML_QNT_VERSION)
         writer.add_uint32("general.file_type", FILE_TYPES[file_type][1])
         for info, new_type in zip(infos, types, strict=True):
-            t = by_name[info.name]
-            if new_type == info.type:
-                data = np.asarray(t.data).view(np.uint8)
-                data = data.reshape(-1, data.size // max(1, int(np.prod(info.shape[1:]))))
-            else:
-                weight = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-                data = encode_tensor(new_type, weight.reshape(-1, info.shape[0]))
+            data = _tensor_bytes(gguf, by_name[info.name], info, new_type, chosen)
             # byte shape in numpy order (row length last, in bytes), with the source's dims
             byte_shape = (
                 *reversed(info.shape[1:]),
