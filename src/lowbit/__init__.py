@@ -27,6 +27,7 @@ _LAZY = {
     "save": "lowbit.io",
     "load": "lowbit.io",
     "load_gguf": "lowbit.io.gguf",
+    "export_gguf": "lowbit.export",
     "retain_freed_memory": "lowbit.kernels",
 }
 

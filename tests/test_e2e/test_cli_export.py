@@ -15,7 +15,7 @@ from lowbit_testkit.cli import fails_cleanly
     ("extra", "message"),
     [
         (["--type", "q9_9"], "unknown GGUF type 'q9_9'"),
-        (["--type", "q4_0", "--method", "gptq"], "gptq is planned, not available yet"),
+        (["--type", "q4_0", "--method", "nope"], "unknown --method 'nope'"),
         (["--type", "q4_0", "--format", "onnx"], "use --format gguf"),
     ],
 )

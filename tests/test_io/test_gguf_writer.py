@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowbit.eval.bundled import smollm2_gguf_path
-from lowbit.io.gguf.writer import encode_tensor, export_gguf
+from lowbit.io.gguf.writer import encode_tensor, write_gguf
 from lowbit_testkit.llama_cpp import tool
 
 # every legacy and float type, and two k-quant mixes (SmolLM2's 576-wide rows send most of
@@ -40,7 +40,7 @@ def test_smollm2_export_is_byte_identical_to_llama_quantize(file_type, tmp_path)
     ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
     subprocess.run([str(tool("llama-quantize")), "--allow-requantize", str(src), str(ref),
                     file_type.upper(), "2"], check=True, capture_output=True)  # fmt: skip
-    result = export_gguf(src, mine, file_type, method="rtn")
+    result = write_gguf(src, mine, file_type)
     a, b = gguf.GGUFReader(mine), gguf.GGUFReader(ref)
     assert list(a.fields) == list(b.fields)  # same KV keys, same order
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
@@ -56,7 +56,7 @@ def test_llama_perplexity_loads_lowbits_file(tmp_path):
     from lowbit.eval.text import evaluation_text
 
     mine = tmp_path / "q8_0.gguf"
-    export_gguf(smollm2_gguf_path(), mine, "q8_0")
+    write_gguf(smollm2_gguf_path(), mine, "q8_0")
     text = tmp_path / "eval.txt"
     text.write_text(evaluation_text()[:20000])
     run = subprocess.run([str(tool("llama-perplexity")), "-m", str(mine), "-f", str(text),

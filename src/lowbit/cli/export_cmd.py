@@ -19,15 +19,23 @@ def export_model(
         typer.Option("--type", help="q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, ..., f16, bf16, f32."),
     ],
     format_: Annotated[str, typer.Option("--format", help="Output format: gguf.")] = "gguf",
-    method: Annotated[str, typer.Option(help="Rounding method: rtn.")] = "rtn",
+    method: Annotated[
+        str, typer.Option(help="How values are chosen: rtn, or a calibrated method.")
+    ] = "rtn",
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration text file, for calibrated methods.")
+    ] = None,
+    imatrix: Annotated[
+        Path | None, typer.Option(help="llama.cpp importance-matrix file (--method imatrix).")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Export MODEL to a GGUF file of --type, as llama-quantize would (types, metadata, order)."""
     if format_ != "gguf":
         raise InvalidInputError(f"--format {format_!r} is not supported; use --format gguf")
-    from lowbit.io.gguf.writer import export_gguf
+    from lowbit.export import export_gguf
 
-    result = export_gguf(model, out, type_.lower(), method=method)
+    result = export_gguf(model, out, type_.lower(), method=method, calib=calib, imatrix=imatrix)
     doc = {
         "model": model,
         "out": str(result.path),

@@ -23,8 +23,6 @@ from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("rtn",)
-PLANNED_METHODS = ("imatrix", "gptq", "awq")
 # float types are written through gguf-py's casts (byte-identical to ggml's)
 _FLOAT_TYPES = ("F32", "F16", "BF16")
 GGML_QNT_VERSION = 2
@@ -102,15 +100,11 @@ class ExportResult:
         return 8 * self.output_bytes / self.n_params
 
 
-def _check_args(file_type: str, method: str, out: Path) -> None:
+def check_export_args(file_type: str, out: Path) -> None:
+    """The cheap checks of an export, before any tensor is read: type name and --out."""
     if file_type not in FILE_TYPES:
         raise UnsupportedFormatError(
             f"unknown GGUF type {file_type!r}; choose one of {', '.join(FILE_TYPES)}"
-        )
-    if method not in METHODS:
-        planned = f" ({method} is planned, not available yet)" if method in PLANNED_METHODS else ""
-        raise UnsupportedFormatError(
-            f"unknown --method {method!r}{planned}; available: {', '.join(METHODS)}"
         )
     if out.suffix != ".gguf":
         raise InvalidInputError(f"--out must name a .gguf file, got {str(out)!r}")
@@ -133,25 +127,9 @@ def _field_value(gguf, f):
     return f.parts[f.data[0]].item(), vtype, None
 
 
-def export_gguf(
-    model: str | os.PathLike,
-    out: str | os.PathLike,
-    file_type: str,
-    *,
-    method: str = "rtn",
-    chosen: ChosenValues | None = None,
-) -> ExportResult:
-    """Export ``model`` (a GGUF file) to a GGUF file of ``file_type``, as llama-quantize would.
-
-    Args:
-        model: a GGUF file (llama family or BERT).
-        out: the .gguf file to write (replaced atomically).
-        file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
-        method: the name recorded for the values; "rtn" without ``chosen``.
-        chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
-    """
-    src, out = Path(model), Path(out)
-    _check_args(file_type, method, out)
+def open_source(model: str | os.PathLike):
+    """gguf-py's reader of a GGUF source, after lowbit's validating reader accepted it."""
+    src = Path(model)
     if src.is_dir():
         raise UnsupportedFormatError(
             f"exporting a Hugging Face folder ({str(src)!r}) to GGUF is not implemented yet; "
@@ -167,7 +145,28 @@ def export_gguf(
             "converter or by lowbit"
         )
     gguf = require("gguf", "gguf")
-    reader = gguf.GGUFReader(src)
+    return gguf.GGUFReader(src)
+
+
+def write_gguf(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    file_type: str,
+    *,
+    chosen: ChosenValues | None = None,
+) -> ExportResult:
+    """Write ``model`` (a GGUF file) as a GGUF file of ``file_type``, as llama-quantize would.
+
+    Args:
+        model: a GGUF file (llama family or BERT).
+        out: the .gguf file to write (replaced atomically).
+        file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
+        chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
+    """
+    src, out = Path(model), Path(out)
+    check_export_args(file_type, out)
+    reader = open_source(src)
+    gguf = require("gguf", "gguf")
     return _write_from_reader(gguf, reader, src, out, file_type, chosen or ChosenValues())
 
 

@@ -1,0 +1,115 @@
+"""``export_gguf``: a GGUF (or Hugging Face) model to a llama.cpp file of one type, with the
+values chosen by a method: rtn (llama-quantize without an imatrix), imatrix, gptq or awq.
+
+A method is a function GGUFExportJob -> ChosenValues, registered in GGUF_METHODS; the writer
+puts what it chose into llama-quantize's per-tensor types and byte layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.io.gguf.writer import (
+    ChosenValues,
+    ExportResult,
+    check_export_args,
+    open_source,
+    plan_types,
+    write_gguf,
+)
+
+
+@dataclass
+class GGUFExportJob:
+    """What a method needs to choose values: the source, the planned type of every tensor
+    (GGUF names, llama-quantize's rules), the architecture and the calibration inputs."""
+
+    source: Path
+    file_type: str
+    calib: Path | None = None
+    imatrix: Path | None = None
+    seq_len: int = 512
+    plan: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return str(self.metadata["general.architecture"])
+
+    def kv_int(self, key: str, default: int = 0) -> int:
+        """An integer architecture key ("block_count", "attention.head_count", ...)."""
+        return int(self.metadata.get(f"{self.arch}.{key}", default))
+
+    @cached_property
+    def float_model(self):
+        """The source as a float32 transformers model and its tokenizer (lowbit.io.hf's
+        LoadedModel), loaded once, for the methods that run calibration data through it."""
+        from lowbit.io.hf import load_model
+
+        return load_model(self.source, task="causal-lm")
+
+
+Method = Callable[[GGUFExportJob], ChosenValues]
+
+
+def _rtn(job: GGUFExportJob) -> ChosenValues:
+    """Round to nearest in every block type: the file llama-quantize writes without imatrix."""
+    return ChosenValues()
+
+
+GGUF_METHODS: dict[str, Method] = {"rtn": _rtn}
+
+
+def _check_inputs(method: str, calib: Path | None, imatrix: Path | None) -> None:
+    if method not in GGUF_METHODS:
+        raise UnsupportedFormatError(
+            f"unknown --method {method!r}; available: {', '.join(GGUF_METHODS)}"
+        )
+    for flag, path in (("--calib", calib), ("--imatrix", imatrix)):
+        if path is not None and not path.is_file():
+            raise InvalidInputError(f"{flag} {str(path)!r} is not a file; check the path")
+
+
+def export_gguf(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    file_type: str,
+    *,
+    method: str = "rtn",
+    calib: str | os.PathLike | None = None,
+    imatrix: str | os.PathLike | None = None,
+    seq_len: int = 512,
+) -> ExportResult:
+    """Export ``model`` to ``out`` as GGUF ``file_type`` with values chosen by ``method``.
+
+    Args:
+        model: a GGUF file (llama family or BERT).
+        out: the .gguf file to write (replaced atomically; inputs are never modified).
+        file_type: "q8_0", "q4_k_m", "f16", ... (lowbit.io.gguf.types.FILE_TYPES).
+        method: one of GGUF_METHODS.
+        calib: a calibration text file, for the methods that calibrate.
+        imatrix: llama.cpp's importance-matrix file, for method "imatrix".
+        seq_len: tokens per calibration window.
+    """
+    out = Path(out)
+    calib_path = Path(calib) if calib is not None else None
+    imatrix_path = Path(imatrix) if imatrix is not None else None
+    check_export_args(file_type, out)
+    _check_inputs(method, calib_path, imatrix_path)
+    reader = open_source(model)
+    infos, types = plan_types(reader, file_type)
+    from lowbit.io.gguf.reader import read_gguf
+
+    job = GGUFExportJob(
+        source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
+        seq_len=seq_len, plan={i.name: t for i, t in zip(infos, types, strict=True)},
+        shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(model).metadata),
+    )  # fmt: skip
+    return write_gguf(model, out, file_type, chosen=GGUF_METHODS[method](job))
