@@ -52,3 +52,15 @@ def test_bytes_are_exact_and_rounded_up(n: int) -> None:
 def test_size_table_rejects_non_counts(bad) -> None:
     with pytest.raises(InvalidInputError):
         size_table(bad)
+
+
+def test_every_gguf_block_type_has_a_row_derived_from_its_codec() -> None:
+    from lowbit.formats.blocks import BLOCK_TYPES
+
+    rows = {r.name: r for r in size_table(256 * 10**6)}
+    for name, codec in BLOCK_TYPES.items():
+        row = rows[f"gguf-{name}"]
+        # 256e6 weights is a whole number of blocks of every type: exactly the codec's bytes
+        assert row.bytes == codec.nbytes((10**6, 256))
+    assert rows["gguf-q4_k"].bits_per_weight == 4.5
+    assert rows["gguf-q2_k"].bits_per_weight == 2.625
