@@ -84,7 +84,7 @@ def test_perplexity_table_on_the_default_text(tiny_lm: Path) -> None:
 def test_user_errors_are_one_line_messages(capsys, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", _minilm(), *args])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
@@ -193,7 +193,7 @@ def test_perplexity_of_an_encoder_is_refused(capsys, tmp_path, tiny_encoder) -> 
     for model in (_minilm(), str(saved)):
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", model, "--task", "perplexity", "--max-tokens", "64"])
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 1
         err = capsys.readouterr().err
         assert "not a causal language model (architectures: BertModel)" in err
         errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -39,7 +39,7 @@ def test_negative_values_after_double_dash() -> None:
     assert json.loads(out.stdout)["q"] == [-2, -3]
 
 
-def test_bad_bits_gives_a_clear_error_and_exit_code_2() -> None:
+def test_bad_bits_gives_a_clear_error_and_exit_code_1() -> None:
     out = run_lowbit("explain", "--bits", "12", "1.0")
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert "1 to 8 bits" in out.stderr and "Traceback" not in out.stderr

@@ -55,7 +55,8 @@ def test_bad_options_fail_in_one_line_before_the_model_is_read(
             main(argv)
         seconds = time.perf_counter() - started
         err = capsys.readouterr().err
-        assert exc.value.code == 2, case
+        # 2: the parser refused the command line (click); 1: lowbit's checks refused it
+        assert exc.value.code == (2 if "Invalid value" in message else 1), case
         assert err.startswith("error: ") and err.count("\n") == 1, (case, err)
         assert message in err, (case, err)
         assert seconds < 1.0, (case, seconds)
@@ -63,7 +64,7 @@ def test_bad_options_fail_in_one_line_before_the_model_is_read(
     assert not Path("/proc/lowbit-out").exists()
 
 
-def test_the_command_exits_2_before_loading(tmp_path: Path) -> None:
+def test_the_command_exits_1_before_loading(tmp_path: Path) -> None:
     """The real console script on the real GGUF (a 30 s load): an invalid --embeddings
     ends the process in the time it takes to import lowbit."""
     out = tmp_path / "out"
@@ -76,7 +77,7 @@ def test_the_command_exits_2_before_loading(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and "'foo' is not an embedding format" in result.stderr
     assert time.perf_counter() - started < 15  # imports only; loading alone takes ~30 s
     assert not out.exists()

@@ -95,8 +95,8 @@ def test_installed_entry_point() -> None:
     assert fmts["fp32"]["bytes"] == 4 * 10**9
 
 
-def test_lowbit_error_becomes_one_line_and_exit_code_2(capsys: pytest.CaptureFixture) -> None:
+def test_lowbit_error_becomes_one_line_and_exit_code_1(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["size", "/no/such/model.gguf"])
-    assert exc.value.code == 2
+    assert exc.value.code == 1
     assert "error: no such file or folder: /no/such/model.gguf" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def test_cli_inspect_each_bad_file_prints_one_line(capsys, tmp_path: Path, valid
         path.write_bytes(data)
         with pytest.raises(SystemExit) as exit_info:
             main(["inspect", str(path)])
-        assert exit_info.value.code == 2, name  # lowbit's exit code for every LowbitError
+        assert exit_info.value.code == 1, name  # lowbit's exit code for every LowbitError
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and words in err, (name, err)
         assert "Traceback" not in err
@@ -220,7 +220,7 @@ def test_a_2_to_62_length_stays_in_bounded_memory(tmp_path: Path, valid: bytes, 
     run = run_measured(
         "import sys\nfrom lowbit.cli.main import main\nmain(sys.argv[1:])", "inspect", str(path)
     )
-    assert run.returncode == 2, run.stderr
+    assert run.returncode == 1, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "not a readable GGUF file" in run.stderr
     assert run.peak_mb < len(data) / 2**20 + 300, run.peak_mb

@@ -58,7 +58,9 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; a LowbitError or a bad option becomes one line on stderr
-    (the problem and the fix) and exit code 2, never a traceback or a usage box."""
+    (the problem and the fix), never a traceback or a usage box. Exit codes follow the usual
+    convention: 2 for a command line the parser refuses, 1 for a run that failed on its
+    input (a bad file, a wrong path, a model that cannot do the task)."""
     args = _protect_negative_numbers(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=args, prog_name="lowbit", standalone_mode=False)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _fail("aborted", 1)
     except LowbitError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), 1)
     if isinstance(code, int) and code:
         sys.exit(code)  # typer.Exit(code) raised by a command
 
