@@ -79,6 +79,7 @@ def test_perplexity_table_on_the_default_text(tiny_lm: Path) -> None:
     [
         (["--task", "embedding-fidelity"], "needs --reference"),
         (["--task", "perplexity", "--text", "absent.txt"], "no such text file"),
+        (["--task", "perplexity", "--scoring", "best"], "unknown --scoring 'best'"),
     ],
 )
 def test_user_errors_are_one_line_messages(capsys, args: list[str], message: str) -> None:

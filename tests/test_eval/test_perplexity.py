@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.errors import InvalidInputError
-from lowbit.eval.perplexity import PerplexityResult, perplexity
+from lowbit.eval.perplexity import PerplexityResult, llama_cpp_perplexity, perplexity
 from lowbit.eval.text import evaluation_text
 from lowbit_testkit.models import tiny_llama as make_tiny_llama
 
@@ -52,6 +52,23 @@ def test_non_overlapping_windows_skip_each_windows_first_token(tiny_llama, ids) 
     expected = torch.cat([_nll(tiny_llama, w[:1], w[1:]) for w in windows])
     assert result.n_tokens == len(ids) - len(windows)
     assert result.nll == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bos_id", [None, 7])
+def test_llama_cpp_scoring_is_the_second_half_of_whole_chunks(tiny_llama, ids, bos_id) -> None:
+    ctx = 64  # 200 tokens: 3 whole chunks, the last 8 tokens dropped as llama-perplexity does
+    result = llama_cpp_perplexity(tiny_llama, ids, ctx=ctx, bos_id=bos_id)
+    nlls = []
+    for c in range(3):
+        chunk = ids[c * ctx : (c + 1) * ctx].clone()
+        if bos_id is not None:
+            chunk[0] = bos_id
+        nlls.append(_nll(tiny_llama, chunk[: ctx // 2 + 1], chunk[ctx // 2 + 1 :]))
+    expected = torch.cat(nlls)
+    assert result.n_tokens == 3 * (ctx - 1 - ctx // 2) == len(expected)
+    assert result.nll == pytest.approx(expected.mean().item(), rel=1e-5)
+    with pytest.raises(InvalidInputError, match="fewer than one chunk"):
+        llama_cpp_perplexity(tiny_llama, ids[:63], ctx=ctx)
 
 
 def test_stride_one_scores_every_token_with_the_longest_context(tiny_llama, ids) -> None:

@@ -30,19 +30,32 @@ def _text(path: Path | None) -> tuple[str, str]:
     return read_text(path), str(path)
 
 
+def _adds_bos(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer starts every text with it (llama.cpp's add_bos)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a", verbose=False)["input_ids"] if tokenizer is not None else []
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
 def _perplexity(
-    model: str, text: str, ctx: int, stride: int, max_tokens: int | None
+    model: str, text: str, ctx: int, stride: int, max_tokens: int | None, scoring: str
 ) -> dict[str, Any]:
-    from lowbit.eval.perplexity import perplexity
+    from lowbit.eval.perplexity import llama_cpp_perplexity, perplexity
     from lowbit.io.hf import load_model
     from lowbit.progress import status
 
     with status(f"loading {model}"):
         # A llama GGUF is measured as stored: its Q8_0/Q4_0/Q4_1 weights on lowbit's kernels.
         loaded = load_model(model, task="causal-lm", gguf_weights="lowbit")
-    result = perplexity(
-        loaded.model, loaded.tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens
-    )
+    if scoring == "llama.cpp":
+        result = llama_cpp_perplexity(
+            loaded.model, loaded.tokenizer, text, ctx=ctx, max_tokens=max_tokens,
+            bos_id=_adds_bos(loaded.tokenizer),
+        )  # fmt: skip
+    else:
+        result = perplexity(
+            loaded.model, loaded.tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens
+        )
     return {"perplexity": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}
 
 
@@ -104,6 +117,13 @@ def eval_model(
         int, typer.Option(help="embedding-fidelity: number of passages embedded (at most).")
     ] = 1000,
     words: Annotated[int, typer.Option(help="embedding-fidelity: words per passage.")] = 32,
+    scoring: Annotated[
+        str,
+        typer.Option(
+            help="perplexity: 'sliding' (strided windows, every token scored once) or "
+            "'llama.cpp' (llama-perplexity's: whole chunks of ctx, second halves scored)."
+        ),
+    ] = "sliding",
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Measure a model: perplexity of a causal LM (strided sliding window), or cosine
@@ -120,8 +140,10 @@ def eval_model(
     content, text_name = _text(text)
     start = time.perf_counter()
     if task is EvalTask.perplexity:
-        document = _perplexity(model, content, ctx, stride, max_tokens)
-        document.update(ctx=ctx, stride=stride)
+        if scoring not in ("sliding", "llama.cpp"):
+            raise InvalidInputError(f"unknown --scoring {scoring!r}; use 'sliding' or 'llama.cpp'")
+        document = _perplexity(model, content, ctx, stride, max_tokens, scoring)
+        document.update(ctx=ctx, stride=ctx if scoring == "llama.cpp" else stride, scoring=scoring)
     else:
         assert reference is not None
         document = _embedding_fidelity(model, reference, content, chunks, words)

@@ -146,3 +146,48 @@ def perplexity(
             scored_until = end
     nll = nll_sum / n_scored
     return PerplexityResult(ppl=math.exp(nll), n_tokens=n_scored, nll=nll)
+
+
+def llama_cpp_perplexity(
+    model: nn.Module,
+    tokens: Any,
+    text: str | None = None,
+    *,
+    ctx: int = 512,
+    max_tokens: int | None = None,
+    bos_id: int | None = None,
+) -> PerplexityResult:
+    """Perplexity as llama.cpp's llama-perplexity computes it, to compare figures with it.
+
+    llama.cpp 0c1e570 tools/perplexity/perplexity.cpp (perplexity()): the tokens are cut into
+    whole chunks of ``ctx`` (a partial last chunk is dropped); the first token of each chunk
+    is replaced by BOS when the vocabulary adds one (``bos_id``); only the second half of
+    each chunk is scored (targets ctx/2 + 1 .. ctx - 1, each with at least ctx/2 tokens of
+    context). ``max_tokens`` limits the tokens used, e.g. chunks * ctx for ``--chunks``.
+    """
+    _check_window(model, ctx, ctx)
+    ids = _token_ids(tokens, text)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n_chunks = len(ids) // ctx
+    if n_chunks < 1:
+        raise InvalidInputError(
+            f"the text has {len(ids)} tokens, fewer than one chunk of {ctx}: pass a longer "
+            "text or a smaller ctx"
+        )
+    first = ctx // 2
+    device = next(model.parameters(), torch.empty(0)).device
+    nll_sum, n_scored = 0.0, 0
+    with torch.inference_mode():
+        for chunk in track(range(n_chunks), "perplexity (llama.cpp)", total=n_chunks):
+            window = ids[chunk * ctx : (chunk + 1) * ctx].clone()
+            if bos_id is not None:
+                window[0] = bos_id
+            logits = _logits(model, window.unsqueeze(0).to(device)).float()
+            pred = logits[first : ctx - 1]
+            targets = window[first + 1 :].to(device)
+            logp = torch.log_softmax(pred, dim=-1).gather(1, targets.unsqueeze(1))
+            nll_sum -= logp.double().sum().item()
+            n_scored += ctx - 1 - first
+    nll = nll_sum / n_scored
+    return PerplexityResult(ppl=math.exp(nll), n_tokens=n_scored, nll=nll)
