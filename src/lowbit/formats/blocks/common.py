@@ -78,7 +78,7 @@ class BlockCodec:
     ggml_type: int = -1
     block_size: int = 0
     type_size: int = 0
-    chunk_values: int = 1 << 16  # values per quantized row chunk (see quantize)
+    chunk_values: int = 1 << 20  # values per quantized row chunk (see quantize)
 
     def nbytes(self, shape: tuple[int, ...] | torch.Size) -> int:
         """Bytes of a tensor of this shape in this type (the last dimension is the row)."""
