@@ -23,17 +23,21 @@ def fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
     return b.contiguous().view(torch.float16).to(torch.float32)
 
 
-def c_trunc_to_int(v: torch.Tensor) -> torch.Tensor:
-    """The C cast (int)v for float32 v: truncation toward zero, as int32."""
-    return torch.trunc(v).to(torch.int32)
+# the largest float32 below 0.5 (0.5 - 2^-25)
+_BELOW_HALF = float.fromhex("0x1.fffffep-2")
 
 
 def roundf(v: torch.Tensor) -> torch.Tensor:
-    """C roundf (halves away from zero), exactly: torch.round rounds halves to even, and
-    floor(|v| + 0.5) is wrong for 0.49999997 (the sum rounds up to 1.0)."""
-    t = torch.trunc(v)
-    frac = v - t  # exact in float32
-    return t + torch.where(frac.abs() >= 0.5, torch.sign(v), torch.zeros_like(v))
+    """C roundf (halves away from zero), exactly, as trunc(v + copysign(0.5 - 2^-25, v)).
+
+    torch.round rounds halves to even, and trunc(v + 0.5) is wrong for 0.49999997 (the sum
+    rounds up to 1.0). With the addend just below 1/2, for v >= 0 with n = floor(v): a
+    fraction >= 1/2 gives a sum >= n + 1 - 2^-25, which rounds to n + 1 or above (the tie at
+    1 - 2^-25 rounds to even, 1.0); a fraction < 1/2 is at most 1/2 - ulp(v), and the sum
+    stays at most n + 1 - ulp(v) - 2^-25, below the float before n + 1 (the same ulp, as
+    [n, n + 1) lies in one binade for n >= 1; below 1 the sum is at most 1 - 2^-24). Above
+    2^23 v is an integer and the addend is under half an ulp. Negative v mirrors this."""
+    return torch.trunc(v + torch.copysign(torch.tensor(_BELOW_HALF), v))
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -74,6 +78,7 @@ class BlockCodec:
     ggml_type: int = -1
     block_size: int = 0
     type_size: int = 0
+    chunk_values: int = 1 << 20  # values per quantized row chunk (see quantize)
 
     def nbytes(self, shape: tuple[int, ...] | torch.Size) -> int:
         """Bytes of a tensor of this shape in this type (the last dimension is the row)."""
@@ -98,19 +103,28 @@ class BlockCodec:
         rows, k = x.shape
         self._check_k(k)
         x = x.detach().to(torch.float32).contiguous()
-        blocks = x.reshape(rows, k // self.block_size, self.block_size)
-        if importance is None:
-            out = self._quantize_blocks(blocks)
-        else:
+        nb = k // self.block_size
+        imp = None
+        if importance is not None:
             imp = importance.detach().to(torch.float32).reshape(-1)
             if imp.numel() != k:
                 raise UnsupportedFormatError(
                     f"{self.name}: importance has {imp.numel()} values for rows of {k}"
                 )
-            out = self._quantize_blocks_weighted(
-                blocks, x, imp.reshape(k // self.block_size, self.block_size)
-            )
-        return out.reshape(rows, -1)
+            imp = imp.reshape(nb, self.block_size)
+        out = torch.empty((rows, nb * self.type_size), dtype=torch.uint8)
+        # rows in chunks of about chunk_values values: the temporaries of the searches stay
+        # in cache, and their memory stays small next to the tensor's
+        step = max(1, self.chunk_values // k)
+        for r0 in range(0, rows, step):
+            part = x[r0 : r0 + step]
+            blocks = part.reshape(part.shape[0], nb, self.block_size)
+            if imp is None:
+                enc = self._quantize_blocks(blocks)
+            else:
+                enc = self._quantize_blocks_weighted(blocks, part, imp)
+            out[r0 : r0 + step] = enc.reshape(part.shape[0], -1)
+        return out
 
     def dequantize(self, raw: torch.Tensor, k: int) -> torch.Tensor:
         """uint8 (rows, nbytes) -> float32 (rows, k) (ggml's dequantize_row_<type>)."""

@@ -51,6 +51,7 @@ class _KMin(BlockCodec):
     """Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and min each, x = d*sc*q - dmin*m."""
 
     block_size = QK_K
+    chunk_values = 1 << 17
     nmax = 15
     rmin, rdelta, nstep = -1.0, 0.1, 20
 
@@ -186,6 +187,7 @@ class Q6KCodec(BlockCodec):
     """
 
     name, ggml_type, block_size, type_size = "q6_k", int(_T.Q6_K), QK_K, 210
+    chunk_values = 1 << 17
 
     def _quantize_blocks(self, blocks):
         rows, nb, _ = blocks.shape

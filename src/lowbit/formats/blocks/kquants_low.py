@@ -45,6 +45,7 @@ class Q2KCodec(BlockCodec):
     (84 bytes); x = d*sc*q - dmin*m."""
 
     name, ggml_type, block_size, type_size = "q2_k", int(_T.Q2_K), QK_K, 84
+    chunk_values = 1 << 17
 
     def _quantize_blocks(self, blocks):
         rows, nb, _ = blocks.shape
@@ -128,6 +129,7 @@ class Q3KCodec(BlockCodec):
     """block_q3_K: hmask[32], qs[64], scales[12], fp16 d (110 bytes); x = d*sc*(q - 4)."""
 
     name, ggml_type, block_size, type_size = "q3_k", int(_T.Q3_K), QK_K, 110
+    chunk_values = 1 << 18  # make_q3_quants' 80 sequential steps run on (N,) slices
 
     def _quantize_blocks(self, blocks):
         rows, nb, _ = blocks.shape

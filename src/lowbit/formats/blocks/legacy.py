@@ -17,7 +17,6 @@ import torch
 from .common import (
     BlockCodec,
     GGMLType,
-    c_trunc_to_int,
     fp16_bytes,
     fp16_from_bytes,
     pack_bits32,
@@ -28,7 +27,7 @@ from .common import (
     unpack_bits32,
     unpack_nibbles,
 )
-from .search import make_qkx2_quants, make_qx_quants, seq_sum
+from .search import make_qkx2_quants, make_qx_quants, seq_sum, signed_absmax
 
 QK = 32
 _T = GGMLType
@@ -39,13 +38,6 @@ def _recip(d: torch.Tensor) -> torch.Tensor:
     return torch.where(
         d != 0, rdiv(1.0, torch.where(d != 0, d, torch.ones_like(d))), torch.zeros_like(d)
     )
-
-
-def _signed_absmax(blocks: torch.Tensor) -> torch.Tensor:
-    """The value with the largest |v|, first one on ties (the `if (amax < fabsf(v))` loop of
-    quantize_row_q4_0_ref / q5_0_ref). Shape (rows, nb, 1)."""
-    idx = blocks.abs().argmax(dim=-1, keepdim=True)
-    return torch.gather(blocks, -1, idx)
 
 
 def _imatrix_weights(blocks: torch.Tensor, rows: torch.Tensor, imp: torch.Tensor) -> torch.Tensor:
@@ -62,10 +54,12 @@ class Q80Codec(BlockCodec):
     name, ggml_type, block_size, type_size = "q8_0", int(_T.Q8_0), QK, 34
 
     def _quantize_blocks(self, blocks):
-        amax = blocks.abs().amax(dim=-1, keepdim=True)
-        d = amax / 127
-        q = roundf(blocks * _recip(d))
-        return self.encode(q, d.squeeze(-1))
+        d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+        v = blocks * _recip(d)
+        out = torch.empty((*blocks.shape[:2], self.type_size), dtype=torch.uint8)
+        out[..., :2] = fp16_bytes(d)
+        out[..., 2:].view(torch.int8).copy_(roundf(v))  # |roundf(v)| <= 127
+        return out
 
     def _quantize_blocks_weighted(self, blocks, rows, imp):
         return self._quantize_blocks(blocks)
@@ -104,8 +98,10 @@ class _SymNibble(BlockCodec):
 
     def _quantize_blocks(self, blocks):
         off = self.offset
-        d = _signed_absmax(blocks) / -off
-        q = c_trunc_to_int(blocks * _recip(d) + (off + 0.5)).clamp(max=2 * off - 1)
+        d = signed_absmax(blocks).unsqueeze(-1) / -off
+        # (int8_t)(x*id + off + 0.5): the sum is in [0.5, 2 off + 0.5], so the uint8 cast
+        # truncates it as C's cast does
+        q = (blocks * _recip(d)).add_(off + 0.5).to(torch.uint8).clamp_(max=2 * off - 1)
         return self.encode(q, d.squeeze(-1))
 
     def _quantize_blocks_weighted(self, blocks, rows, imp):
@@ -133,9 +129,10 @@ class _AsymNibble(BlockCodec):
         mn = blocks.amin(dim=-1, keepdim=True)
         mx = blocks.amax(dim=-1, keepdim=True)
         d = (mx - mn) / qmax
-        q = c_trunc_to_int((blocks - mn) * _recip(d) + 0.5)
+        # (x - min)*id + 0.5 is in [0.5, qmax + 0.5]: the uint8 cast truncates like C's
+        q = (blocks - mn).mul_(_recip(d)).add_(0.5).to(torch.uint8)
         if self.bits == 4:  # quantize_row_q4_1_ref clamps with MIN(15, ...); q5_1_ref does not
-            q = q.clamp(max=qmax)
+            q = q.clamp_(max=qmax)
         return self.encode(q, d.squeeze(-1), mn.squeeze(-1))
 
     def _quantize_blocks_weighted(self, blocks, rows, imp):
