@@ -48,14 +48,14 @@ from lowbit.formats.checks import check_finite
 from lowbit.formats.granularity import PerAxis, PerGroup
 from lowbit.formats.weight_format import WeightFormat
 
-__all__ = ["gptq_quantize"]
+__all__ = ["check_hessian", "gptq_quantize", "inverse_cholesky"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_DAMP = 1.0
 
 
-def _check_hessian(hessian: torch.Tensor, k: int) -> None:
+def check_hessian(hessian: torch.Tensor, k: int) -> None:
     if not isinstance(hessian, torch.Tensor) or not hessian.is_floating_point():
         raise InvalidInputError(
             "hessian must be a float tensor (e.g. HessianObserver(...).hessian()), got "
@@ -86,7 +86,7 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising damp on failure.
 
     Computed on one thread, so the result does not depend on torch's thread count."""
@@ -193,7 +193,7 @@ def gptq_quantize(
     check_weight(weight)
     n, k = weight.shape
     group_size = _group_size(fmt)
-    _check_hessian(hessian, k)
+    check_hessian(hessian, k)
     if not (isinstance(damp, int | float) and math.isfinite(damp) and damp >= 0):
         raise InvalidSpecError(f"damp must be a finite number >= 0 (e.g. 0.01), got {damp!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -235,7 +235,7 @@ def gptq_quantize(
     if act_order:
         perm = torch.argsort(torch.diagonal(h), descending=True, stable=True)
         w, h = w[:, perm], h[perm][:, perm]
-    hinv = _inverse_cholesky(h, damp).to(torch.float32)
+    hinv = inverse_cholesky(h, damp).to(torch.float32)
     del h
     order = perm.tolist()  # original column index of each processed column, on the host
 

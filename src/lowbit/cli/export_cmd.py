@@ -28,6 +28,13 @@ def export_model(
     imatrix: Annotated[
         Path | None, typer.Option(help="llama.cpp importance-matrix file (--method imatrix).")
     ] = None,
+    calib_windows: Annotated[
+        int | None,
+        typer.Option(help="Calibration windows for gptq/awq (default 16).", min=1),
+    ] = None,
+    seq_len: Annotated[
+        int, typer.Option(help="Tokens per calibration window (gptq/awq).", min=8)
+    ] = 512,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Export MODEL to a GGUF file of --type, as llama-quantize would (types, metadata, order)."""
@@ -35,7 +42,10 @@ def export_model(
         raise InvalidInputError(f"--format {format_!r} is not supported; use --format gguf")
     from lowbit.export import export_gguf
 
-    result = export_gguf(model, out, type_.lower(), method=method, calib=calib, imatrix=imatrix)
+    result = export_gguf(
+        model, out, type_.lower(), method=method, calib=calib, imatrix=imatrix,
+        seq_len=seq_len, calib_windows=calib_windows,
+    )  # fmt: skip
     doc = {
         "model": model,
         "out": str(result.path),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.export.gguf_calibrated import awq_method, gptq_method
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
@@ -35,6 +36,7 @@ class GGUFExportJob:
     calib: Path | None = None
     imatrix: Path | None = None
     seq_len: int = 512
+    calib_windows: int | None = None
     plan: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +66,7 @@ def _rtn(job: GGUFExportJob) -> ChosenValues:
     return ChosenValues()
 
 
-GGUF_METHODS: dict[str, Method] = {"rtn": _rtn}
+GGUF_METHODS: dict[str, Method] = {"rtn": _rtn, "gptq": gptq_method, "awq": awq_method}
 
 
 def _check_inputs(method: str, calib: Path | None, imatrix: Path | None) -> None:
@@ -86,6 +88,7 @@ def export_gguf(
     calib: str | os.PathLike | None = None,
     imatrix: str | os.PathLike | None = None,
     seq_len: int = 512,
+    calib_windows: int | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` as GGUF ``file_type`` with values chosen by ``method``.
 
@@ -97,6 +100,7 @@ def export_gguf(
         calib: a calibration text file, for the methods that calibrate.
         imatrix: llama.cpp's importance-matrix file, for method "imatrix".
         seq_len: tokens per calibration window.
+        calib_windows: calibration windows for gptq/awq (None: the method's default).
     """
     out = Path(out)
     calib_path = Path(calib) if calib is not None else None
@@ -109,7 +113,8 @@ def export_gguf(
 
     job = GGUFExportJob(
         source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
-        seq_len=seq_len, plan={i.name: t for i, t in zip(infos, types, strict=True)},
+        seq_len=seq_len, calib_windows=calib_windows,
+        plan={i.name: t for i, t in zip(infos, types, strict=True)},
         shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(model).metadata),
     )  # fmt: skip
     return write_gguf(model, out, file_type, chosen=GGUF_METHODS[method](job))

@@ -5,7 +5,7 @@ transform, quantize, replace, move on."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -80,9 +80,65 @@ def _options(spec: QuantSpec) -> dict[str, Any]:
     return dict(spec.algorithm_options)
 
 
-def make_block_step(plan: dict[str, QuantSpec]) -> Any:
+class LayerQuantizer(Protocol):
+    """How the block-wise pipeline stores one planned Linear, once its block is calibrated.
+
+    ``fake(name, spec)``: the fake quantizer AWQ's scale search measures with (weight ->
+    dequantized weight); ``clip_search``: whether AWQ's clip search applies (lowbit's group
+    formats take clip ranges); ``quantize(block, local, name, module, spec, hessian, clip)``:
+    quantize ``module`` (``local`` inside ``block``, ``name`` in the model) in place or
+    replace it, with GPTQ's ``hessian`` (gptq layers) and AWQ's ``clip`` (or None). The
+    block's outputs are then computed with what it left, so later blocks calibrate on them.
+    """
+
+    clip_search: bool
+
+    def fake(self, name: str, spec: QuantSpec) -> Any: ...
+
+    def quantize(
+        self,
+        block: nn.Module,
+        local: str,
+        name: str,
+        module: nn.Linear,
+        spec: QuantSpec,
+        hessian: torch.Tensor | None,
+        clip: Any,
+    ) -> None: ...
+
+
+class QuantLinearLayers:
+    """lowbit's own formats: each Linear becomes a QuantLinear of its spec (GPTQ codes when a
+    hessian is given, else RTN with AWQ's clip ranges)."""
+
+    clip_search = True
+
+    def fake(self, name: str, spec: QuantSpec) -> Any:
+        return _fake_quantizer(spec)
+
+    def quantize(self, block, local, name, module, spec, hessian, clip) -> None:
+        weight = (
+            gptq_weight(module.weight.data, hessian, spec)
+            if hessian is not None
+            else quantize_weight(module.weight, spec.weight, clip=clip)
+        )
+        set_module(
+            block,
+            local,
+            QuantLinear.from_float(
+                module,
+                weight,
+                mode=spec.activation.mode,
+                per_token=spec.activation.per_token,
+                token_zero_point=spec.activation.token_zero_point,
+            ),
+        )
+
+
+def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = None) -> Any:
     """The per-block function for calibrate_blocks: quantize the planned Linear layers of a
-    block with their spec's algorithm."""
+    block with their spec's algorithm, stored by ``layers`` (default: QuantLinear)."""
+    store = layers if layers is not None else QuantLinearLayers()
 
     def step(block_name: str, block: nn.Module, inputs: list[Call]) -> None:
         linears = {
@@ -100,29 +156,20 @@ def make_block_step(plan: dict[str, QuantSpec]) -> Any:
             )
         clips = {}
         if algorithms & set(SCALED_ALGORITHMS):
-            clips = _scale_groups(block, inputs, linears, specs)
-        weights = _algorithm_weights(block, inputs, linears, specs)
+            clips = _scale_groups(block, inputs, linears, specs, block_name, store)
+        hessians = _hessians(block, inputs, linears, specs)
         for name, module in linears.items():
-            spec = specs[name]
-            weight = weights.get(name) or quantize_weight(
-                module.weight, spec.weight, clip=clips.get(name)
-            )
-            set_module(
-                block,
-                name,
-                QuantLinear.from_float(
-                    module,
-                    weight,
-                    mode=spec.activation.mode,
-                    per_token=spec.activation.per_token,
-                    token_zero_point=spec.activation.token_zero_point,
-                ),
-            )
+            store.quantize(
+                block, name, f"{block_name}.{name}", module, specs[name],
+                hessians.get(name), clips.get(name),
+            )  # fmt: skip
 
     return step
 
 
-def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
+def _scale_groups(
+    block, inputs, linears, specs, block_name: str = "", store: LayerQuantizer | None = None
+) -> dict[str, tuple]:
     """AWQ / SmoothQuant: per-input-channel scales s for each group of ``scale_groups``,
     folded into the source (its output / s) and the group's Linear weights (W · s), so the
     float block computes the same. As AutoAWQ: every s from the float block's statistics
@@ -146,6 +193,7 @@ def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
     groups = [(n, us) for n, us in groups if us and specs[us[0]].algorithm in SCALED_ALGORITHMS]
     if not groups:
         return {}
+    store = store if store is not None else QuantLinearLayers()
     first = {users[0]: linears[users[0]] for _, users in groups}
     stats = _collect(
         block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
@@ -158,9 +206,8 @@ def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
             alpha = _options(spec).get("alpha", 0.5)
             scales[source] = smoothquant_scales(obs.max_abs, input_channel_absmax(weights), alpha)
         else:
-            scales[source] = awq_search_scales(
-                weights, obs.sample, obs.mean_abs, _fake_quantizer(spec)
-            )
+            fakes = [store.fake(f"{block_name}.{u}", specs[u]) for u in users]
+            scales[source] = awq_search_scales(weights, obs.sample, obs.mean_abs, fakes)
     modules = dict(block.named_modules())
     for source, users in groups:
         s = scales[source]
@@ -174,7 +221,7 @@ def _scale_groups(block, inputs, linears, specs) -> dict[str, tuple]:
         for u in users:
             linears[u].weight.data.mul_(s.to(linears[u].weight.dtype))
     clips: dict[str, tuple] = {}
-    for source, users in groups:
+    for source, users in groups if store.clip_search else ():
         spec = specs[users[0]]
         group = getattr(spec.weight.granularity, "size", None)
         if spec.algorithm != "awq" or group is None:
@@ -201,18 +248,15 @@ def _fake_quantizer(spec: QuantSpec) -> Any:
     return fake
 
 
-def _algorithm_weights(block, inputs, linears, specs) -> dict[str, Any]:
-    """GPTQ codes from each Linear's input Hessian (one pass over the block)."""
+def _hessians(block, inputs, linears, specs) -> dict[str, torch.Tensor]:
+    """GPTQ's input Hessian of each gptq Linear (one pass over the block)."""
     gptq_layers = {n: m for n, m in linears.items() if specs[n].algorithm == "gptq"}
     if not gptq_layers:
         return {}
     from lowbit.observers.hessian import HessianObserver
 
     observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
-    return {
-        name: gptq_weight(module.weight.data, observers[name].hessian(), specs[name])
-        for name, module in gptq_layers.items()
-    }
+    return {name: observers[name].hessian() for name in gptq_layers}
 
 
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> Any:
@@ -225,6 +269,12 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) ->
     return IntPackedTensor.from_codes(codes, qparams, scale_dtype=fmt.scale_dtype)
 
 
-def quantize_blockwise(model: nn.Module, plan: dict[str, QuantSpec], batches: list[Any]) -> None:
-    """Quantize the planned Linear layers inside the model's blocks, block by block."""
-    calibrate_blocks(model, batches, make_block_step(plan))
+def quantize_blockwise(
+    model: nn.Module,
+    plan: dict[str, QuantSpec],
+    batches: list[Any],
+    layers: LayerQuantizer | None = None,
+) -> None:
+    """Quantize the planned Linear layers inside the model's blocks, block by block, stored
+    by ``layers`` (default: lowbit's QuantLinear)."""
+    calibrate_blocks(model, batches, make_block_step(plan, layers))

@@ -78,7 +78,7 @@ def awq_search_scales(
     weights: Sequence[torch.Tensor],
     x_sample: torch.Tensor,
     act_mean_abs: torch.Tensor,
-    quantize: Quantizer,
+    quantize: Quantizer | Sequence[Quantizer],
     n_grid: int = 20,
 ) -> torch.Tensor:
     """Search AWQ's per-input-channel scales for Linears that read the same input.
@@ -91,7 +91,8 @@ def awq_search_scales(
             (``ChannelStatsObserver.mean_abs``).
         quantize: the target format's fake quantizer, weight (N, K) -> dequantized weight
             of the same shape, e.g. ``lambda w: fake_quantize(w, choose_qparams(w, int4,
-            PerGroup(128)))``.
+            PerGroup(128)))``; or one such quantizer per weight, in the order of ``weights``
+            (Linears that share an input but not a storage type).
         n_grid: number of ratios r = i / n_grid, i = 0 .. n_grid − 1, to try.
 
     Returns:
@@ -116,6 +117,11 @@ def awq_search_scales(
         )
     check_finite(act_mean_abs, what="act_mean_abs")
     x = _check_sample(x_sample, k)
+    quantizers = list(quantize) if isinstance(quantize, Sequence) else [quantize] * len(weights)
+    if len(quantizers) != len(weights):
+        raise InvalidInputError(
+            f"give one quantizer per weight ({len(weights)}), or one for all; got {len(quantizers)}"
+        )
     ws = [w.detach().to(torch.float32).to(x.device) for w in weights]
     a = act_mean_abs.to(x.device)
     reference = [x @ w.T for w in ws]
@@ -125,9 +131,9 @@ def awq_search_scales(
         ratio = i / n_grid
         s = awq_scales_for_ratio(a, ratio)
         loss = 0.0
-        for w, ref in zip(ws, reference, strict=True):
+        for w, ref, fake in zip(ws, reference, quantizers, strict=True):
             scaled = w * s
-            q = quantize(scaled)
+            q = fake(scaled)
             _check_output("quantize", q, scaled)
             # (X/s) Q(W·s)ᵀ = X (Q(W·s)/s)ᵀ: one matmul on the unscaled sample.
             loss += float((x @ (q.to(torch.float32) / s).T - ref).pow(2).sum())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lowbit.errors import UnsupportedFormatError
 
-from .common import BlockCodec
+from .common import BlockCodec, BlockGrid
 from .iq4nl import IQ4NLCodec
 from .kquants import Q4KCodec, Q5KCodec, Q6KCodec
 from .kquants_low import Q2KCodec, Q3KCodec
@@ -43,4 +43,4 @@ def get_block_codec(name: str) -> BlockCodec:
     return codec
 
 
-__all__ = ["BLOCK_TYPES", "BlockCodec", "get_block_codec"]
+__all__ = ["BLOCK_TYPES", "BlockCodec", "BlockGrid", "get_block_codec"]

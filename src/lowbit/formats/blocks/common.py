@@ -7,6 +7,7 @@ with torch on whole tensors at once (rows, blocks, ...), never looping over bloc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -64,6 +65,58 @@ def unpack_bits32(b: torch.Tensor) -> torch.Tensor:
     """(..., 4) bytes -> (..., 32) bits as uint8 0/1 (inverse of pack_bits32)."""
     shifts = torch.arange(8, dtype=torch.uint8)
     return ((b.unsqueeze(-1) >> shifts) & 1).reshape(*b.shape[:-1], 32)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The values a tensor's blocks can hold with their parameters fixed: element i of a block
+    may take scale[i] * levels[c - code_min] + offset[i] for any stored code c.
+
+    scale, offset: float32 (rows, nblocks, block_size), one entry per element (the block's
+    or sub-block's scale and offset, repeated); levels: float32 (L,) ascending, the integer
+    grid of the type (uniform for q*_0/q*_1/k-quants, ggml's kvalues_iq4nl for iq4_nl);
+    code_min: the smallest stored code (-128 for q8_0's int8 codes, else 0).
+    """
+
+    scale: torch.Tensor
+    offset: torch.Tensor
+    levels: torch.Tensor
+    code_min: int = 0
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float32 values of stored ``codes`` (shape of scale, or any slice of it that the
+        caller passes with matching scale/offset via :meth:`sliced`): exactly what ggml's
+        dequantize_row_<type> gives for these bytes."""
+        lv = self.levels[(codes.to(torch.int64) - self.code_min)]
+        return self.scale * lv + self.offset
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """The stored code whose value is nearest to float ``x`` (same shape as scale), int32.
+
+        Works in level units u = (x - offset) / scale (a negative scale flips the axis, the
+        nearest level is still the nearest value); halfway cases go to the upper level. Where
+        scale is 0 every code gives the same value and the code of the level nearest 0 is
+        returned."""
+        ok = self.scale != 0
+        u = torch.where(ok, (x - self.offset) / torch.where(ok, self.scale, 1.0), 0.0)
+        mid = (self.levels[1:] + self.levels[:-1]) / 2
+        idx = torch.searchsorted(mid, u.contiguous(), right=True)
+        return idx.to(torch.int32) + self.code_min
+
+    def sliced(self, cols: slice) -> BlockGrid:
+        """The grid of some elements of each block (``cols`` indexes the last axis)."""
+        return BlockGrid(self.scale[..., cols], self.offset[..., cols], self.levels, self.code_min)
+
+
+def uniform_levels(lo: int, hi: int) -> torch.Tensor:
+    """The integer levels lo..hi as float32: the grid of every linear ggml type."""
+    return torch.arange(lo, hi + 1, dtype=torch.float32)
+
+
+def per_element(v: torch.Tensor, n: int) -> torch.Tensor:
+    """(rows, nb, groups) per-(sub-)block parameters -> (rows, nb, groups * n), each repeated
+    over its n elements (for BlockGrid)."""
+    return v.to(torch.float32).repeat_interleave(n, dim=-1)
 
 
 class BlockCodec:
@@ -138,6 +191,19 @@ class BlockCodec:
         return self._dequantize_blocks(raw.reshape(raw.shape[0], nb, self.type_size)).reshape(
             raw.shape[0], k
         )
+
+    def grid(self, raw: torch.Tensor) -> BlockGrid:
+        """The grid the parameters of these blocks define: bytes (rows, nb, type_size) ->
+        BlockGrid whose ``values(decode(raw)[0])`` equals ``dequantize`` exactly. Algorithms
+        that choose their own codes inside ggml's grid (GPTQ) round to it and write the codes
+        back with :meth:`with_codes`."""
+        raise NotImplementedError
+
+    def with_codes(self, raw: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The bytes (rows, nb, type_size) of these blocks with their parameters kept and
+        their codes replaced by ``codes`` (rows, nb, block_size), stored codes as decode gives
+        them."""
+        return self.encode(codes, *self.decode(raw)[1:])
 
     def _quantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

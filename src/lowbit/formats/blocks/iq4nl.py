@@ -14,10 +14,12 @@ import torch
 
 from .common import (
     BlockCodec,
+    BlockGrid,
     GGMLType,
     fp16_bytes,
     fp16_from_bytes,
     pack_nibbles,
+    per_element,
     rdiv,
     sqrtf,
     unpack_nibbles,
@@ -121,6 +123,12 @@ class IQ4NLCodec(BlockCodec):
     def decode(self, raw: torch.Tensor):
         """bytes -> (indices (rows, nb, 32), d (rows, nb))."""
         return unpack_nibbles(raw[..., 2:]), fp16_from_bytes(raw[..., :2]).squeeze(-1)
+
+    def grid(self, raw):
+        """x = d * kvalues_iq4nl[q]: a non-uniform grid, q in 0..15."""
+        _, d = self.decode(raw)
+        scale = per_element(d.unsqueeze(-1), 32)
+        return BlockGrid(scale, torch.zeros_like(scale), KVALUES)
 
     def _dequantize_blocks(self, raw):
         iq, d = self.decode(raw)

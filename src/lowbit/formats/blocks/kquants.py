@@ -15,7 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from .common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from .common import (
+    BlockCodec,
+    BlockGrid,
+    GGMLType,
+    fp16_bytes,
+    fp16_from_bytes,
+    per_element,
+    rdiv,
+    sqrtf,
+    uniform_levels,
+)
 from .search import (
     GROUP_MAX_EPS,
     make_qkx2_quants,
@@ -119,6 +129,13 @@ class _KMin(BlockCodec):
         )
         lv = torch.where(ok.unsqueeze(-1), q, lv.to(torch.int32))
         return self.encode(lv.reshape(*blocks.shape), d, dmin, ls, lm)
+
+    def grid(self, raw):
+        """x = (d * sc) * q - (dmin * m) per 32-element sub-block, q in 0..nmax."""
+        _, d, dmin, sc, m = self.decode(raw)
+        d1 = d.unsqueeze(-1) * sc.to(torch.float32)
+        m1 = dmin.unsqueeze(-1) * m.to(torch.float32)
+        return BlockGrid(per_element(d1, 32), per_element(-m1, 32), uniform_levels(0, self.nmax))
 
     def _dequantize_blocks(self, raw):
         q, d, dmin, sc, m = self.decode(raw)
@@ -248,6 +265,12 @@ class Q6KCodec(BlockCodec):
         shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(4, 1)
         q = lo | (((qh >> shifts) & 3) << 4)
         return q.reshape(*raw.shape[:2], 256), d, sc
+
+    def grid(self, raw):
+        """x = (d * sc) * (q - 32) per 16-element sub-block, stored q in 0..63."""
+        _, d, sc = self.decode(raw)
+        ds = per_element(d.unsqueeze(-1) * sc.to(torch.float32), 16)
+        return BlockGrid(ds, torch.zeros_like(ds), uniform_levels(-32, 31))
 
     def _dequantize_blocks(self, raw):
         q, d, sc = self.decode(raw)

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from .common import BlockCodec, GGMLType, fp16_bytes, fp16_from_bytes, rdiv, sqrtf
+from .common import (
+    BlockCodec,
+    BlockGrid,
+    GGMLType,
+    fp16_bytes,
+    fp16_from_bytes,
+    per_element,
+    rdiv,
+    sqrtf,
+    uniform_levels,
+)
 from .search import (
     make_q3_quants,
     make_qkx2_quants,
@@ -101,6 +111,13 @@ class Q2KCodec(BlockCodec):
         dm = fp16_from_bytes(raw[..., 80:84])
         return _unpack_2bit(raw[..., 16:80]), dm[..., 0], dm[..., 1], sc & 0xF, sc >> 4
 
+    def grid(self, raw):
+        """x = (d * sc) * q - (dmin * m) per 16-element sub-block, q in 0..3."""
+        _, d, dmin, sc, m = self.decode(raw)
+        dl = d.unsqueeze(-1) * sc.to(torch.float32)
+        ml = dmin.unsqueeze(-1) * m.to(torch.float32)
+        return BlockGrid(per_element(dl, 16), per_element(-ml, 16), uniform_levels(0, 3))
+
     def _dequantize_blocks(self, raw):
         q, d, dmin, sc, m = self.decode(raw)
         dl = d.unsqueeze(-1) * sc.to(torch.float32)
@@ -184,6 +201,12 @@ class Q3KCodec(BlockCodec):
             fp16_from_bytes(raw[..., 108:110]).squeeze(-1),
             _unpack_q3_scales(raw[..., 96:108]),
         )
+
+    def grid(self, raw):
+        """x = (d * sc) * (q - 4) per 16-element sub-block, stored q in 0..7."""
+        _, d, sc = self.decode(raw)
+        dl = per_element(d.unsqueeze(-1) * sc.to(torch.float32), 16)
+        return BlockGrid(dl, torch.zeros_like(dl), uniform_levels(-4, 3))
 
     def _dequantize_blocks(self, raw):
         q, d, sc = self.decode(raw)

@@ -16,14 +16,17 @@ import torch
 
 from .common import (
     BlockCodec,
+    BlockGrid,
     GGMLType,
     fp16_bytes,
     fp16_from_bytes,
     pack_bits32,
     pack_nibbles,
+    per_element,
     rdiv,
     roundf,
     sqrtf,
+    uniform_levels,
     unpack_bits32,
     unpack_nibbles,
 )
@@ -79,6 +82,12 @@ class Q80Codec(BlockCodec):
             None,
         )
 
+    def grid(self, raw):
+        """x = d * q, q in -128..127 (stored as int8)."""
+        _, d, _ = self.decode(raw)
+        scale = per_element(d.unsqueeze(-1), QK)
+        return BlockGrid(scale, torch.zeros_like(scale), uniform_levels(-128, 127), -128)
+
     def _dequantize_blocks(self, raw):
         q, d, _ = self.decode(raw)
         return q.to(torch.float32) * d.unsqueeze(-1)
@@ -110,6 +119,13 @@ class _SymNibble(BlockCodec):
         rws, nb, _ = blocks.shape
         d, codes = make_qx_quants(blocks.reshape(-1, QK), self.offset, w.reshape(-1, QK))
         return self.encode(codes.view(rws, nb, QK), d.view(rws, nb))
+
+    def grid(self, raw):
+        """x = d * (q - offset), stored q in 0..2^bits - 1."""
+        _, d, _ = self.decode(raw)
+        scale = per_element(d.unsqueeze(-1), QK)
+        levels = uniform_levels(-self.offset, self.offset - 1)
+        return BlockGrid(scale, torch.zeros_like(scale), levels)
 
     def _dequantize_blocks(self, raw):
         q, d, _ = self.decode(raw)
@@ -145,6 +161,15 @@ class _AsymNibble(BlockCodec):
             blocks.reshape(-1, QK), w.reshape(-1, QK), qmax, -0.9, 0.05, 36
         )
         return self.encode(codes.view(rws, nb, QK), d.view(rws, nb), -the_min.view(rws, nb))
+
+    def grid(self, raw):
+        """x = d * q + m, q in 0..2^bits - 1."""
+        _, d, m = self.decode(raw)
+        return BlockGrid(
+            per_element(d.unsqueeze(-1), QK),
+            per_element(m.unsqueeze(-1), QK),
+            uniform_levels(0, (1 << self.bits) - 1),
+        )
 
     def _dequantize_blocks(self, raw):
         q, d, m = self.decode(raw)

@@ -1,0 +1,48 @@
+"""export.gguf_calibrated.CodecLayers: recipes' block-wise pipeline storing ggml bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.export.gguf_calibrated import CodecLayers
+from lowbit.formats.blocks import get_block_codec
+from lowbit.recipes.blockwise import quantize_blockwise
+from lowbit.recipes.spec import QuantSpec
+from lowbit_testkit.models import tiny_llama
+
+
+def _run(algorithm: str):
+    model = tiny_llama()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 96, (1, 24), generator=gen) for _ in range(4)]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n]
+    codecs = {n: get_block_codec("q8_0" if n.endswith("v_proj") else "q4_0") for n in names}
+    store = CodecLayers(codecs)
+    norms = {n: p.detach().clone() for n, p in model.named_parameters() if "norm" in n}
+    embed = model.get_input_embeddings().weight.detach().clone()
+    quantize_blockwise(model, {n: QuantSpec(algorithm=algorithm) for n in names}, batches, store)
+    return model, names, codecs, store, norms, embed
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_every_block_linear_is_stored_as_its_types_bytes(algorithm) -> None:
+    model, names, codecs, store, norms, embed = _run(algorithm)
+    modules = dict(model.named_modules())
+    assert set(store.encoded) == set(names)
+    for name in names:
+        codec, raw = codecs[name], store.encoded[name]
+        w = modules[name].weight
+        assert isinstance(modules[name], nn.Linear)  # still float, for the next blocks
+        assert raw.dtype == torch.uint8 and raw.shape[1] == codec.nbytes((1, w.shape[1]))
+        assert torch.equal(w, codec.dequantize(raw, w.shape[1]))  # the decoded bytes
+    after = {n: p for n, p in model.named_parameters() if "norm" in n}
+    changed = {n for n in norms if not torch.equal(norms[n], after[n])}
+    if algorithm == "awq":  # scales folded into the pre-norms of every block
+        assert any("input_layernorm" in n for n in changed)
+        assert any("post_attention_layernorm" in n for n in changed)
+    else:
+        assert not changed
+    assert "model.norm.weight" not in changed  # nothing outside the blocks changes
+    assert torch.equal(model.get_input_embeddings().weight, embed)
