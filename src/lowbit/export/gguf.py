@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.export.gguf_imatrix import imatrix_method
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
@@ -64,7 +65,7 @@ def _rtn(job: GGUFExportJob) -> ChosenValues:
     return ChosenValues()
 
 
-GGUF_METHODS: dict[str, Method] = {"rtn": _rtn}
+GGUF_METHODS: dict[str, Method] = {"rtn": _rtn, "imatrix": imatrix_method}
 
 
 def _check_inputs(method: str, calib: Path | None, imatrix: Path | None) -> None:
@@ -104,7 +105,7 @@ def export_gguf(
     check_export_args(file_type, out)
     _check_inputs(method, calib_path, imatrix_path)
     reader = open_source(model)
-    infos, types = plan_types(reader, file_type)
+    infos, types = plan_types(reader, file_type, has_imatrix=method == "imatrix")
     from lowbit.io.gguf.reader import read_gguf
 
     job = GGUFExportJob(
