@@ -125,6 +125,23 @@ def _calibration_text(job: GGUFExportJob) -> str:
     return read_text(job.calib) if job.calib is not None else calibration_text()
 
 
+def _computed(job: GGUFExportJob) -> tuple[dict[str, torch.Tensor], int]:
+    """Importance computed on the calibration text, and the number of windows it took."""
+    loaded = job.float_model
+    add_bos = job.metadata.get("tokenizer.ggml.add_bos_token")
+    if add_bos is None:  # llama.cpp's per-vocabulary default; the tokenizer's own here
+        add_bos = bool(getattr(loaded.tokenizer, "add_bos_token", False))
+    bos = job.metadata.get("tokenizer.ggml.bos_token_id") if add_bos else None
+    if add_bos and not isinstance(bos, int):
+        raise InvalidInputError(
+            f"{job.source.name} adds BOS but has no tokenizer.ggml.bos_token_id; "
+            "convert it again with llama.cpp's convert_hf_to_gguf.py"
+        )
+    windows = llama_imatrix_windows(loaded.tokenizer, _calibration_text(job), job.seq_len, bos)
+    layers = imatrix_layers(loaded.model, job)
+    return compute_importance(loaded.model, windows, layers), len(windows)
+
+
 def imatrix_method(job: GGUFExportJob) -> ChosenValues:
     """Importance from ``--imatrix`` (llama.cpp's file) or computed from ``--calib`` text
     (default: lowbit's calibration text) with ``job.seq_len``-token windows."""
@@ -133,25 +150,18 @@ def imatrix_method(job: GGUFExportJob) -> ChosenValues:
             "pass --imatrix (llama.cpp's importance file) or --calib (lowbit computes the "
             "importance from the text), not both"
         )
+    # llama-quantize's metadata (tools/quantize/quantize.cpp, after an imatrix is loaded)
+    kv: dict[str, str | int] = {}
     if job.imatrix is not None:
         imatrix = read_imatrix(job.imatrix)
-        importance = imatrix.importance
-        kv = {"quantize.imatrix.file": _c_string(str(job.imatrix))}
+        importance, chunks = imatrix.importance, imatrix.chunk_count
+        kv["quantize.imatrix.file"] = _c_string(str(job.imatrix))
         if imatrix.datasets:
             kv["quantize.imatrix.dataset"] = _c_string(imatrix.datasets[0])
-        chunks = imatrix.chunk_count
     else:
-        loaded = job.float_model
-        add_bos = job.metadata.get("tokenizer.ggml.add_bos_token")
-        if add_bos is None:  # llama.cpp's per-vocabulary default; the tokenizer's own here
-            add_bos = bool(getattr(loaded.tokenizer, "add_bos_token", False))
-        bos = job.metadata.get("tokenizer.ggml.bos_token_id") if add_bos else None
-        windows = llama_imatrix_windows(loaded.tokenizer, _calibration_text(job), job.seq_len, bos)
-        importance = compute_importance(loaded.model, windows, imatrix_layers(loaded.model, job))
+        importance, chunks = _computed(job)
         source = str(job.calib) if job.calib is not None else "lowbit calibration_text()"
-        kv = {"quantize.imatrix.dataset": _c_string(source)}
-        chunks = len(windows)
-    # llama-quantize's metadata (tools/quantize/quantize.cpp, after an imatrix is loaded)
+        kv["quantize.imatrix.dataset"] = _c_string(source)
     kv["quantize.imatrix.entries_count"] = len(importance)
     if chunks > 0:
         kv["quantize.imatrix.chunks_count"] = chunks
