@@ -24,6 +24,14 @@ def test_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
     fails_cleanly(capsys, args, message, tmp_path)
 
 
+def test_a_damaged_imatrix_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "imatrix.dat"
+    bad.write_bytes(b"\x01\x00\x00\x00\x05\x00\x00\x00blk")  # cut inside the first name
+    args = ["export", str(smollm2_gguf_path()), "--type", "q4_0", "--out",
+            str(tmp_path / "m.gguf"), "--method", "imatrix", "--imatrix", str(bad)]  # fmt: skip
+    fails_cleanly(capsys, args, "not a usable llama.cpp imatrix file (truncated", tmp_path)
+
+
 def test_out_must_be_a_gguf_file(capsys, tmp_path):
     args = ["export", str(smollm2_gguf_path()), "--type", "q8_0", "--out", str(tmp_path / "m")]
     fails_cleanly(capsys, args, "--out must name a .gguf file", tmp_path)

@@ -89,3 +89,23 @@ def test_types_equal_llama_quantizes_on_smollm2(file_type, tmp_path):
     expected = [(t.name, t.tensor_type.name) for t in gguf.GGUFReader(ref).tensors]
     infos, types = plan_types(gguf.GGUFReader(src), file_type)
     assert [(i.name, t) for i, t in zip(infos, types, strict=True)] == expected
+
+
+def test_an_imatrix_changes_the_first_ffn_down_types():
+    # llama_tensor_get_type: with an imatrix, ffn_down of layers < n_layer/8 goes to Q4_1 (q4_0)
+    # or Q5_1 (q5_0), and iq4_nl no longer sends them to Q5_K
+    tensors = _model(16, 512)
+    names = [t.name for t in tensors]
+
+    def down(file_type: str, has_imatrix: bool) -> list[str]:
+        types = choose_tensor_types(file_type, tensors, n_layer=16, n_head=8, n_head_kv=8,
+                                    has_imatrix=has_imatrix)  # fmt: skip
+        by = dict(zip(names, types, strict=True))
+        return [by[f"blk.{i}.ffn_down.weight"] for i in range(3)]
+
+    assert down("q4_0", False) == ["Q4_0", "Q4_0", "Q4_0"]
+    assert down("q4_0", True) == ["Q4_1", "Q4_1", "Q4_0"]
+    assert down("q5_0", True) == ["Q5_1", "Q5_1", "Q5_0"]
+    assert down("iq4_nl", False) == ["Q5_K", "Q5_K", "IQ4_NL"]
+    assert down("iq4_nl", True) == ["IQ4_NL", "IQ4_NL", "IQ4_NL"]
+    assert down("q4_k_m", True) == down("q4_k_m", False)

@@ -16,6 +16,7 @@ from typing import Any
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export.gguf_calibrated import awq_method, gptq_method
+from lowbit.export.gguf_imatrix import imatrix_method
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
@@ -66,7 +67,12 @@ def _rtn(job: GGUFExportJob) -> ChosenValues:
     return ChosenValues()
 
 
-GGUF_METHODS: dict[str, Method] = {"rtn": _rtn, "gptq": gptq_method, "awq": awq_method}
+GGUF_METHODS: dict[str, Method] = {
+    "rtn": _rtn,
+    "imatrix": imatrix_method,
+    "gptq": gptq_method,
+    "awq": awq_method,
+}
 
 
 def _check_inputs(method: str, calib: Path | None, imatrix: Path | None) -> None:
@@ -108,7 +114,7 @@ def export_gguf(
     check_export_args(file_type, out)
     _check_inputs(method, calib_path, imatrix_path)
     reader = open_source(model)
-    infos, types = plan_types(reader, file_type)
+    infos, types = plan_types(reader, file_type, has_imatrix=method == "imatrix")
     from lowbit.io.gguf.reader import read_gguf
 
     job = GGUFExportJob(

@@ -2,7 +2,8 @@
 
 Observers: min/max (running or moving average), percentile, MSE-optimal clipping search and
 entropy/KL (TensorRT's calibration), per tensor or per channel; HessianObserver accumulates
-the 2/n·XᵀX of a Linear's inputs that GPTQ needs. Hooks attach them to a module's inputs or
+the 2/n·XᵀX of a Linear's inputs that GPTQ needs, SquaresObserver the per-column Σx² of
+llama.cpp's imatrix. Hooks attach them to a module's inputs or
 outputs as context managers; observing never changes outputs.
 """
 
@@ -15,6 +16,7 @@ from lowbit.observers.minmax import MinMaxObserver, MovingAverageMinMaxObserver
 from lowbit.observers.mse import MSEObserver
 from lowbit.observers.percentile import PercentileObserver
 from lowbit.observers.registry import OBSERVERS, make_observer
+from lowbit.observers.squares import SquaresObserver
 
 __all__ = [
     "OBSERVERS",
@@ -27,6 +29,7 @@ __all__ = [
     "Observer",
     "ObserverHook",
     "PercentileObserver",
+    "SquaresObserver",
     "make_observer",
     "observe_module",
 ]

@@ -1,8 +1,10 @@
 """Per-tensor GGUF type choice: a port of llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp
 at llama.cpp 0c1e570, vendored in llama-cpp-python 0.3.36) for the file types lowbit exports.
 
-Scope of the port: dense models (no experts), not Falcon, not a 70B model, no imatrix, no
-``--pure``/``--tensor-type``/``--output-tensor-type`` overrides. The rules are data (the tables
+Scope of the port: dense models (no experts), not Falcon, not a 70B model, no
+``--pure``/``--tensor-type``/``--output-tensor-type`` overrides. An imatrix changes two rules
+(``has_imatrix``): ffn_down of the first n_layer/8 layers goes to Q4_1/Q5_1 in q4_0/q5_0
+files and stays IQ4_NL (not Q5_K) in iq4_nl files. The rules are data (the tables
 below) read by one function, :func:`choose_tensor_types`.
 """
 
@@ -91,7 +93,7 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 
 def _mix_type(ftype: str, new: str, t: TensorInfo, category: str, state: dict) -> str:
-    """llama_tensor_get_type_impl for dense, non-Falcon models without imatrix."""
+    """llama_tensor_get_type_impl for dense, non-Falcon models."""
     if category == "output" or (state["tied"] and category == "token_embd"):
         if t.shape[0] % BLOCK_SIZE[new] != 0:
             return "Q8_0"
@@ -126,12 +128,14 @@ def _mix_type(ftype: str, new: str, t: TensorInfo, category: str, state: dict) -
             return "Q5_K"
         if ftype == "q4_k_m":
             return "Q6_K" if _use_more_bits(i, n) else new
-        if ftype == "iq4_nl" and i < n // 8:
+        if ftype == "iq4_nl" and i < n // 8 and not state["has_imatrix"]:
             return "Q5_K"
         if ftype == "q5_k_m":
             return "Q6_K" if _use_more_bits(i, n) else new
         if ftype == "q4_k_s" and i < n // 8:
             return "Q5_K"
+        if ftype in ("q4_0", "q5_0") and state["has_imatrix"] and i < n // 8:
+            return "Q4_1" if ftype == "q4_0" else "Q5_1"  # "guard against craziness"
         return new
     if category == "attn_output":
         return {"q2_k": "Q3_K", "q3_k_m": "Q4_K", "q3_k_l": "Q5_K"}.get(ftype, new)
@@ -150,7 +154,13 @@ def _fallback(t: TensorInfo, target: str) -> str:
 
 
 def choose_tensor_types(
-    file_type: str, tensors: Sequence[TensorInfo], *, n_layer: int, n_head: int, n_head_kv: int
+    file_type: str,
+    tensors: Sequence[TensorInfo],
+    *,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    has_imatrix: bool = False,
 ) -> list[str]:
     """The ggml type llama-quantize gives each tensor (in file order) for ``file_type``.
 
@@ -158,6 +168,7 @@ def choose_tensor_types(
         file_type: one of :data:`FILE_TYPES` ("q4_k_m", "q8_0", "f16", ...).
         tensors: every tensor of the model, in file order (the counters depend on order).
         n_layer, n_head, n_head_kv: the model's block count and attention heads (n_gqa).
+        has_imatrix: llama-quantize was given an imatrix (its ``qs.has_imatrix``).
     Returns: ggml type names, one per tensor.
     """
     if file_type not in FILE_TYPES:
@@ -171,7 +182,7 @@ def choose_tensor_types(
         "tied": "output" not in categories,
         "n_attention_wv": sum(1 for c in categories if c == "attn_v"),
         "i_attention_wv": 0, "i_ffn_down": 0, "n_layer": n_layer,
-        "n_gqa": n_head // n_head_kv if n_head_kv else 0,
+        "n_gqa": n_head // n_head_kv if n_head_kv else 0, "has_imatrix": has_imatrix,
     }  # fmt: skip
     out = []
     for t, category in zip(tensors, categories, strict=True):

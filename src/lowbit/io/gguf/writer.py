@@ -76,12 +76,14 @@ class ChosenValues:
     encoded: uint8 (rows, bytes per row) in the tensor's planned type, written as they are;
     floats: float32 replacements of source tensors (AWQ's scales folded into a norm), then
     encoded like any source tensor; importance: one value per column, for the imatrix-weighted
-    codecs (tensors without one are rounded to nearest, as llama-quantize does).
+    codecs (tensors without one are rounded to nearest, as llama-quantize does); kv: KV pairs
+    written last, in this order (str or uint32; llama-quantize's quantize.imatrix.* keys).
     """
 
     encoded: dict[str, np.ndarray] = field(default_factory=dict)
     floats: dict[str, np.ndarray] = field(default_factory=dict)
     importance: dict[str, torch.Tensor] = field(default_factory=dict)
+    kv: dict[str, str | int] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,8 +172,11 @@ def write_gguf(
     return _write_from_reader(gguf, reader, src, out, file_type, chosen or ChosenValues())
 
 
-def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
-    """The tensors of a GGUF reader in llama-quantize's order and the type each gets."""
+def plan_types(
+    reader, file_type: str, *, has_imatrix: bool = False
+) -> tuple[list[TensorInfo], list[str]]:
+    """The tensors of a GGUF reader in llama-quantize's order and the type each gets
+    (``has_imatrix``: as llama-quantize given an imatrix, which changes two rules)."""
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
 
     def kv_int(key: str, default: int = 0) -> int:
@@ -186,7 +191,7 @@ def plan_types(reader, file_type: str) -> tuple[list[TensorInfo], list[str]]:
     n_head = kv_int("attention.head_count")
     types = choose_tensor_types(
         file_type, infos, n_layer=kv_int("block_count"), n_head=n_head,
-        n_head_kv=kv_int("attention.head_count_kv", n_head),
+        n_head_kv=kv_int("attention.head_count_kv", n_head), has_imatrix=has_imatrix,
     )  # fmt: skip
     return infos, types
 
@@ -224,14 +229,16 @@ def _write_from_reader(
 
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
     by_name = {t.name: t for t in reader.tensors}
-    infos, types = plan_types(reader, file_type)
+    # llama-quantize's has_imatrix: an imatrix was given (a method chose importance)
+    infos, types = plan_types(reader, file_type, has_imatrix=bool(chosen.importance))
     order = [i.name for i in infos]
     with atomic_file_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.kv_data[0].clear()  # GGUFWriter adds general.architecture; keep the source's order
         alignment = None
         for key, f in reader.fields.items():
-            if key.startswith("GGUF.") or key in _DROPPED_KEYS or key in _SET_KEYS:
+            skip = key in _DROPPED_KEYS or key in _SET_KEYS or key in chosen.kv
+            if key.startswith("GGUF.") or skip:
                 continue
             value, vtype, sub = _field_value(gguf, f)
             if key == "general.alignment":
@@ -241,6 +248,11 @@ def _write_from_reader(
             writer.data_alignment = alignment
         writer.add_uint32("general.quantization_version", GGML_QNT_VERSION)
         writer.add_uint32("general.file_type", FILE_TYPES[file_type][1])
+        for key, value in chosen.kv.items():  # gguf_set_val_*: removed, then appended
+            if isinstance(value, str):
+                writer.add_string(key, value)
+            else:
+                writer.add_uint32(key, value)
         for info, new_type in zip(infos, types, strict=True):
             data = _tensor_bytes(gguf, by_name[info.name], info, new_type, chosen)
             # byte shape in numpy order (row length last, in bytes), with the source's dims
