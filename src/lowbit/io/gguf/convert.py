@@ -95,8 +95,9 @@ def read_hf_model(folder: str | os.PathLike) -> HFModel:
     return HFModel(folder, hparams, hf_arch, ARCHITECTURES[hf_arch])
 
 
-def _safetensors_parts(folder: Path) -> list[Path]:
-    """The converter's part files: the index's weight map, else model*.safetensors, sorted."""
+def safetensors_parts(folder: Path) -> list[Path]:
+    """The weight files of a folder as the converter picks them: the index's weight map, else
+    model*.safetensors, sorted."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
@@ -118,7 +119,7 @@ def _safetensors_parts(folder: Path) -> list[Path]:
 def _hf_tensors(model: HFModel) -> Iterator[tuple[str, Any]]:
     """(name, LocalTensor) of every part, in the converter's order, after its name filters."""
     gguf = require("gguf", "gguf")
-    for part in _safetensors_parts(model.folder):
+    for part in safetensors_parts(model.folder):
         try:
             with gguf.utility.SafetensorsLocal(part) as tensors:
                 items = list(tensors.items())
