@@ -19,7 +19,6 @@ from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.eval.bundled import minilm_path, smollm2_gguf_path
 from lowbit.io.gguf.convert import convert_hf_folder, hf_as_gguf
 from lowbit.io.gguf.pre_tokenizers import CHKTXT, PRE_TOKENIZERS
-from lowbit_testkit.cli import fails_cleanly
 from lowbit_testkit.llama_cpp import source_dir, tool
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -222,10 +221,3 @@ def test_temporary_conversion_is_removed_after_use(tmp_path):
         tokens = list(gguf_file.metadata["tokenizer.ggml.tokens"])
         assert tokens[0] == "[PAD]" and "\u2581the" in tokens  # WordPiece in phantom-space form
     assert list(out_dir.iterdir()) == []
-
-
-def test_cli_export_of_a_folder_without_config_fails_cleanly(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    args = ["export", str(tmp_path / "empty"), "--format", "gguf", "--type", "q8_0",
-            "--out", str(tmp_path / "m.gguf")]  # fmt: skip
-    fails_cleanly(capsys, args, "folder without config.json", tmp_path)
