@@ -221,3 +221,16 @@ def test_temporary_conversion_is_removed_after_use(tmp_path):
         tokens = list(gguf_file.metadata["tokenizer.ggml.tokens"])
         assert tokens[0] == "[PAD]" and "\u2581the" in tokens  # WordPiece in phantom-space form
     assert list(out_dir.iterdir()) == []
+
+
+def test_scratch_folder_of_a_killed_export_is_removed_by_the_next(tmp_path):
+    from lowbit import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".m.gguf.lowbit-tmp-{atomic._HOST}-{dead.pid}-0a1b2c3d"
+    stale.mkdir()
+    (stale / "f32.gguf").write_bytes(b"half")
+    with atomic.scratch_folder(tmp_path / "m.gguf") as scratch:
+        assert scratch.is_dir() and not stale.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,11 +381,10 @@ def convert_hf_folder(
 
 @contextlib.contextmanager
 def hf_as_gguf(folder: str | os.PathLike, near: str | os.PathLike) -> Iterator[Path]:
-    """``folder`` converted to a temporary F32 GGUF file in a temporary folder beside
-    ``near`` (an export's --out), removed when the block ends, also after an error."""
-    near = Path(near)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{near.name}.lowbit-hf-", dir=near.parent))
-    try:
+    """``folder`` converted to a temporary F32 GGUF file in a scratch folder beside ``near``
+    (an export's --out; lowbit.atomic.scratch_folder), removed when the block ends, also after
+    an error."""
+    from lowbit.atomic import scratch_folder
+
+    with scratch_folder(near) as tmp_dir:
         yield convert_hf_folder(folder, tmp_dir / "f32.gguf", "f32")
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
