@@ -274,3 +274,16 @@ def test_llama_hf_tokenizer_and_llama3_rope_convert_as_llama_cpps_converter(tmp_
     reader = gguf.GGUFReader(mine)
     assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
     assert reader.tensors[0].name == "rope_freqs.weight"
+
+
+def test_a_cut_safetensors_file_is_one_clear_error(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "bert"
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    transformers.BertModel(config).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(InvalidInputError, match="damaged or cut"):
+        convert_hf_folder(folder, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()

@@ -144,10 +144,19 @@ def _load(tensor: Any, name: str) -> np.ndarray:
     dtype = _DTYPES.get(tensor.dtype)
     if dtype is None:
         raise UnsupportedFormatError(f"{name}: safetensors dtype {tensor.dtype} is not supported")
-    raw = tensor.mmap_bytes()
     expected = math.prod(tensor.shape) * np.dtype(dtype).itemsize
+    try:
+        raw = tensor.mmap_bytes()
+    except (OSError, ValueError) as exc:  # offsets past the end of a cut file
+        raise InvalidInputError(
+            f"{tensor.data_range.filename}: tensor {name} lies outside the file ({exc}); "
+            "the file is damaged or cut: save the model again"
+        ) from exc
     if raw.size != expected:
-        raise InvalidInputError(f"{name}: {raw.size} bytes on disk, its shape needs {expected}")
+        raise InvalidInputError(
+            f"{tensor.data_range.filename}: tensor {name} has {raw.size} bytes, its shape "
+            f"needs {expected}; the file is damaged: save the model again"
+        )
     data = raw.view(dtype).reshape(tensor.shape)
     if tensor.dtype == "BF16":
         return (data.astype(np.uint32) << 16).view(np.float32)
