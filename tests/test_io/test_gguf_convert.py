@@ -287,3 +287,10 @@ def test_a_cut_safetensors_file_is_one_clear_error(tmp_path):
     with pytest.raises(InvalidInputError, match="damaged or cut"):
         convert_hf_folder(folder, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_lowbit_save_folder_is_refused_naming_the_fix(tmp_path):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    folder = _folder(tmp_path, config, {"manifest.json": b"{}"})
+    with pytest.raises(UnsupportedFormatError, match="lowbit save folder"):
+        convert_hf_folder(folder, tmp_path / "out.gguf")

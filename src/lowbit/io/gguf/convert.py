@@ -76,6 +76,11 @@ def read_hf_model(folder: str | os.PathLike) -> HFModel:
             f"{str(folder)!r} is not a Hugging Face model folder (no config.json); pass a "
             "folder saved by save_pretrained, or a .gguf file"
         )
+    if (folder / "manifest.json").is_file():
+        raise UnsupportedFormatError(
+            f"{folder} is a lowbit save folder (quantized by lowbit); GGUF export reads float "
+            "models: pass the original Hugging Face folder or .gguf file with --type/--method"
+        )
     transformers = require("transformers", "hf")
     try:  # as the converter: AutoConfig without remote code, else config.json itself
         hparams = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False).to_dict()
