@@ -258,7 +258,7 @@ def _sentencepiece_style_folder(folder):
                                         unk_token="<unk>")  # fmt: skip
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
     model = tiny_llama(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, rope_parameters=rope)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
