@@ -209,3 +209,20 @@ def atomic_file_path(dest: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync(dest.parent)
+
+
+@contextlib.contextmanager
+def scratch_folder(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dest`` for intermediate files of a write to
+    ``dest`` (e.g. a converted source); it is removed when the block ends, also after an error.
+    It is named like the other temporaries, so a killed run's folder is removed by the next
+    write to ``dest`` (``clean_stale``)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest)
+    tmp = _temp_path(dest)
+    os.mkdir(tmp, 0o700)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

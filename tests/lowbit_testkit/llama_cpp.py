@@ -42,3 +42,26 @@ def library(name: str = "libggml-base.so") -> Path:
             pytrace=False,
         )
     return path
+
+
+def source_dir() -> Path:
+    """llama.cpp's source (vendor/llama.cpp of the sdist): $LOWBIT_LLAMA_CPP_SRC, the default
+    extraction folder of ``make llama-tools``, else the folder the tools were built from (their
+    CMakeCache); fails the test, naming the variable, when none has convert_hf_to_gguf.py."""
+    candidates = []
+    if os.environ.get("LOWBIT_LLAMA_CPP_SRC"):
+        candidates.append(Path(os.environ["LOWBIT_LLAMA_CPP_SRC"]) / "vendor" / "llama.cpp")
+    candidates.append(llama_cpp_dir() / "src" / "vendor" / "llama.cpp")
+    cache = llama_cpp_dir() / "build" / "CMakeCache.txt"
+    if cache.is_file():
+        for line in cache.read_text(errors="replace").splitlines():
+            if line.startswith("CMAKE_HOME_DIRECTORY:INTERNAL="):
+                candidates.append(Path(line.split("=", 1)[1]))
+    for path in candidates:
+        if (path / "convert_hf_to_gguf.py").is_file():
+            return path
+    pytest.fail(
+        "llama.cpp's source (convert_hf_to_gguf.py) not found: run `make llama-tools` or set "
+        "LOWBIT_LLAMA_CPP_SRC to the extracted llama-cpp-python 0.3.36 sdist",
+        pytrace=False,
+    )

@@ -1,4 +1,5 @@
-"""``lowbit export``: a GGUF file in, a GGUF file out; bad arguments are one line, exit 2."""
+"""``lowbit export``: a GGUF file or Hugging Face folder in, a GGUF file out; bad arguments are
+one line, exit 2."""
 
 from __future__ import annotations
 
@@ -37,11 +38,19 @@ def test_out_must_be_a_gguf_file(capsys, tmp_path):
     fails_cleanly(capsys, args, "--out must name a .gguf file", tmp_path)
 
 
-def test_hf_folder_is_not_implemented_yet(capsys, tmp_path):
-    from lowbit.eval.bundled import minilm_path
+def test_a_folder_that_is_no_model_is_one_line(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = ["export", str(tmp_path / "empty"), "--type", "q8_0", "--out", str(tmp_path / "m.gguf")]
+    fails_cleanly(capsys, args, "folder without config.json", tmp_path)
 
-    args = ["export", str(minilm_path()), "--type", "f16", "--out", str(tmp_path / "m.gguf")]
-    fails_cleanly(capsys, args, "not implemented yet", tmp_path)
+
+def test_an_unsupported_hf_architecture_is_one_line(capsys, tmp_path):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
+    (folder / "config.json").write_text(json.dumps(config))
+    args = ["export", str(folder), "--type", "f16", "--out", str(tmp_path / "m.gguf")]
+    fails_cleanly(capsys, args, "supported: LlamaForCausalLM, BertModel", tmp_path)
 
 
 @pytest.mark.slow

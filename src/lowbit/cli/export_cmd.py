@@ -12,7 +12,9 @@ from lowbit.errors import InvalidInputError
 
 
 def export_model(
-    model: Annotated[str, typer.Argument(help="GGUF file (llama family or BERT).")],
+    model: Annotated[
+        str, typer.Argument(help="GGUF file or Hugging Face folder (llama family or BERT).")
+    ],
     out: Annotated[Path, typer.Option(help="GGUF file to write (replaced atomically).")],
     type_: Annotated[
         str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,15 @@ from typing import Any
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export.gguf_calibrated import awq_method, gptq_method
 from lowbit.export.gguf_imatrix import imatrix_method
+from lowbit.io.gguf.convert import OUT_TYPES, is_hf_folder
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
     check_export_args,
+    gguf_source,
     open_source,
     plan_types,
+    source_bytes,
     write_gguf,
 )
 
@@ -99,7 +102,8 @@ def export_gguf(
     """Export ``model`` to ``out`` as GGUF ``file_type`` with values chosen by ``method``.
 
     Args:
-        model: a GGUF file (llama family or BERT).
+        model: a GGUF file (llama family or BERT) or a Hugging Face folder (LlamaForCausalLM,
+            BertModel; see lowbit.io.gguf.convert).
         out: the .gguf file to write (replaced atomically; inputs are never modified).
         file_type: "q8_0", "q4_k_m", "f16", ... (lowbit.io.gguf.types.FILE_TYPES).
         method: one of GGUF_METHODS.
@@ -113,14 +117,19 @@ def export_gguf(
     imatrix_path = Path(imatrix) if imatrix is not None else None
     check_export_args(file_type, out)
     _check_inputs(method, calib_path, imatrix_path)
-    reader = open_source(model)
-    infos, types = plan_types(reader, file_type, has_imatrix=method == "imatrix")
+    if is_hf_folder(model) and file_type in OUT_TYPES and method == "rtn":
+        return write_gguf(model, out, file_type)  # convert_hf_to_gguf.py --outtype's file
     from lowbit.io.gguf.reader import read_gguf
 
-    job = GGUFExportJob(
-        source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
-        seq_len=seq_len, calib_windows=calib_windows,
-        plan={i.name: t for i, t in zip(infos, types, strict=True)},
-        shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(model).metadata),
-    )  # fmt: skip
-    return write_gguf(model, out, file_type, chosen=GGUF_METHODS[method](job))
+    # a Hugging Face folder is read as the converter's F32 file (source stays the folder, so
+    # float_model loads it with transformers)
+    with gguf_source(model, out) as src:
+        infos, types = plan_types(open_source(src), file_type, has_imatrix=method == "imatrix")
+        job = GGUFExportJob(
+            source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
+            seq_len=seq_len, calib_windows=calib_windows,
+            plan={i.name: t for i, t in zip(infos, types, strict=True)},
+            shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(src).metadata),
+        )  # fmt: skip
+        result = write_gguf(src, out, file_type, chosen=GGUF_METHODS[method](job))
+    return replace(result, input_bytes=source_bytes(model))

@@ -1,16 +1,21 @@
 """Write a GGUF file as llama-quantize would: per-tensor types from :mod:`.types`, KV metadata
 and tensor order kept from a GGUF source, written atomically through gguf-py's GGUFWriter.
 
+A Hugging Face folder is first converted as llama.cpp's converter would (:mod:`.convert`):
+float types are the converter's own file; other types are llama-quantize's rules applied to
+the converter's F32 file, a temporary file beside the output (:func:`gguf_source`).
 Block encoding goes through one function, :func:`encode_tensor`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,13 @@ import torch
 
 from lowbit.errors import InvalidInputError, UnsupportedFormatError, require
 from lowbit.formats.blocks import BLOCK_TYPES, get_block_codec
+from lowbit.io.gguf.convert import (
+    OUT_TYPES,
+    convert_hf_folder,
+    hf_as_gguf,
+    is_hf_folder,
+    safetensors_parts,
+)
 from lowbit.io.gguf.reader import read_gguf
 from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
 
@@ -41,7 +53,8 @@ def encode_tensor(
     llama-quantize with an imatrix); F32/F16/BF16 through gguf-py's casts (ggml's rounding).
     Returns: uint8 array (rows, bytes per row), the bytes llama-quantize writes.
     """
-    data = np.ascontiguousarray(weight, dtype=np.float32)
+    # writable: torch warns on read-only arrays (an F32 source's memory map)
+    data = np.require(weight, dtype=np.float32, requirements=["C", "W"])
     rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
     if type_name.lower() in BLOCK_TYPES:
         codec = get_block_codec(type_name)
@@ -129,16 +142,38 @@ def _field_value(gguf, f):
     return f.parts[f.data[0]].item(), vtype, None
 
 
+def source_bytes(model: str | os.PathLike) -> int:
+    """The size of an export's source: a GGUF file, or a Hugging Face folder's weight files."""
+    src = Path(model)
+    if is_hf_folder(src):
+        return sum(p.stat().st_size for p in safetensors_parts(src))
+    return src.stat().st_size
+
+
+@contextlib.contextmanager
+def gguf_source(model: str | os.PathLike, out: str | os.PathLike) -> Iterator[Path]:
+    """The GGUF file an export reads: ``model`` itself, or a Hugging Face folder converted to a
+    temporary F32 GGUF file (as convert_hf_to_gguf.py --outtype f32 writes it) in a temporary
+    folder beside ``out``, removed when the block ends, also after an error."""
+    if is_hf_folder(model):
+        with hf_as_gguf(model, near=out) as path:
+            yield path
+    else:
+        yield Path(model)
+
+
 def open_source(model: str | os.PathLike):
     """gguf-py's reader of a GGUF source, after lowbit's validating reader accepted it."""
     src = Path(model)
     if src.is_dir():
-        raise UnsupportedFormatError(
-            f"exporting a Hugging Face folder ({str(src)!r}) to GGUF is not implemented yet; "
-            "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file"
+        raise InvalidInputError(
+            f"{str(src)!r} is a folder without config.json; MODEL must be a .gguf file or a "
+            "Hugging Face folder (config.json, model.safetensors, tokenizer.json)"
         )
     if src.suffix != ".gguf" or not src.is_file():
-        raise InvalidInputError(f"MODEL must be an existing .gguf file, got {str(src)!r}")
+        raise InvalidInputError(
+            f"MODEL must be an existing .gguf file or Hugging Face folder, got {str(src)!r}"
+        )
     # lowbit's validating reader first: a damaged or hostile file is one clear error here,
     # never an ad-hoc exception (or a huge allocation) from gguf-py's reader below
     if not isinstance(read_gguf(src).metadata.get("general.architecture"), str):
@@ -157,19 +192,40 @@ def write_gguf(
     *,
     chosen: ChosenValues | None = None,
 ) -> ExportResult:
-    """Write ``model`` (a GGUF file) as a GGUF file of ``file_type``, as llama-quantize would.
+    """Write ``model`` as a GGUF file of ``file_type``, as llama-quantize would.
+
+    A Hugging Face folder with a float type (f32, f16, bf16) and no chosen values gives the
+    file convert_hf_to_gguf.py --outtype writes; with other types, llama-quantize's result on
+    the converter's F32 file.
 
     Args:
-        model: a GGUF file (llama family or BERT).
+        model: a GGUF file (llama family or BERT) or a Hugging Face folder (LlamaForCausalLM,
+            BertModel).
         out: the .gguf file to write (replaced atomically).
         file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
         chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
     """
     src, out = Path(model), Path(out)
     check_export_args(file_type, out)
-    reader = open_source(src)
+    if is_hf_folder(src) and file_type in OUT_TYPES and chosen is None:
+        return _describe_written(convert_hf_folder(src, out, file_type), source_bytes(src))
     gguf = require("gguf", "gguf")
-    return _write_from_reader(gguf, reader, src, out, file_type, chosen or ChosenValues())
+    with gguf_source(src, out) as path:
+        result = _write_from_reader(
+            gguf, open_source(path), path, out, file_type, chosen or ChosenValues()
+        )
+    return replace(result, input_bytes=source_bytes(src))
+
+
+def _describe_written(path: Path, input_bytes: int) -> ExportResult:
+    """The ExportResult of a file written by the converter (read back from its header)."""
+    tensors = read_gguf(path).tensors
+    types = {t.name: t.type.name for t in tensors}
+    return ExportResult(
+        path=path, input_bytes=input_bytes, output_bytes=path.stat().st_size,
+        n_params=sum(int(np.prod(t.ne)) for t in tensors),
+        type_counts=dict(Counter(types.values())), tensor_types=types,
+    )  # fmt: skip
 
 
 def plan_types(
