@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lowbit.errors import InvalidInputError
-from lowbit.formats.size import SIZE_FORMATS, size_table
+from lowbit.formats.size import size_formats, size_table
 
 
 def _row(rows, name):
@@ -34,15 +34,15 @@ def test_issue_examples_1b_span_2_to_32_bits() -> None:
 
 
 def test_table_names_are_unique_and_sorted_by_bits() -> None:
-    names = [f.name for f in SIZE_FORMATS]
+    names = [f.name for f in size_formats()]
     assert len(names) == len(set(names))
-    bpw = [f.bits_per_weight for f in SIZE_FORMATS]
+    bpw = [f.bits_per_weight for f in size_formats()]
     assert bpw == sorted(bpw, reverse=True)
 
 
 @given(st.integers(1, 10**13))
 def test_bytes_are_exact_and_rounded_up(n: int) -> None:
-    for fmt, row in zip(SIZE_FORMATS, size_table(n), strict=True):
+    for fmt, row in zip(size_formats(), size_table(n), strict=True):
         exact = Fraction(n) * Fraction(row.bits_per_weight) / 8
         assert row.bytes - 1 < exact <= row.bytes
         assert fmt.name == row.name

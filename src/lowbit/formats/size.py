@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
+from typing import TYPE_CHECKING
 
 from lowbit.errors import InvalidInputError
-from lowbit.formats.blocks import BLOCK_TYPES, BlockCodec
 from lowbit.formats.granularity import PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import BF16, BINARY, FP8_E4M3, FP16, FP32, NF4, TERNARY
 from lowbit.formats.weight_format import WeightFormat
+
+if TYPE_CHECKING:
+    from lowbit.formats.blocks import BlockCodec
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,17 @@ _LOWBIT_FORMATS: tuple[SizeFormat, ...] = (
     ),
 )
 
-# The formats `lowbit size` lists, from most to fewest bits per weight (a stable sort: a
-# lowbit format comes before the GGUF type of the same size).
-SIZE_FORMATS: tuple[SizeFormat, ...] = tuple(
-    sorted(
-        _LOWBIT_FORMATS + tuple(SizeFormat.of_block(c) for c in BLOCK_TYPES.values()),
-        key=lambda f: -f.bits,
-    )
-)
+
+@cache
+def size_formats() -> tuple[SizeFormat, ...]:
+    """The formats `lowbit size` lists, from most to fewest bits per weight (a stable sort: a
+    lowbit format comes before the GGUF type of the same size). Built on first use: the block
+    codecs allocate torch tables when imported, which a bare `import lowbit.formats` (and
+    `lowbit inspect` on a hostile file, measured in tests) should not pay for."""
+    from lowbit.formats.blocks import BLOCK_TYPES
+
+    blocks = tuple(SizeFormat.of_block(c) for c in BLOCK_TYPES.values())
+    return tuple(sorted(_LOWBIT_FORMATS + blocks, key=lambda f: -f.bits))
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ class SizeRow:
     note: str = ""
 
 
-def size_table(n_params: int, formats: tuple[SizeFormat, ...] = SIZE_FORMATS) -> list[SizeRow]:
+def size_table(n_params: int, formats: tuple[SizeFormat, ...] | None = None) -> list[SizeRow]:
     """The size of ``n_params`` weights in every format of ``formats`` (bytes rounded up).
 
     Raises InvalidInputError when ``n_params`` is not a positive integer.
@@ -126,4 +133,5 @@ def size_table(n_params: int, formats: tuple[SizeFormat, ...] = SIZE_FORMATS) ->
             f"the parameter count must be a positive integer, got {n_params!r}; "
             "pass e.g. 176e9 or 7000000000"
         )
-    return [SizeRow(f.name, f.bits_per_weight, f.nbytes(n_params), f.note) for f in formats]
+    chosen = size_formats() if formats is None else formats
+    return [SizeRow(f.name, f.bits_per_weight, f.nbytes(n_params), f.note) for f in chosen]
