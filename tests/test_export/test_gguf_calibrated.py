@@ -46,3 +46,19 @@ def test_every_block_linear_is_stored_as_its_types_bytes(algorithm) -> None:
         assert not changed
     assert "model.norm.weight" not in changed  # nothing outside the blocks changes
     assert torch.equal(model.get_input_embeddings().weight, embed)
+
+
+@pytest.mark.parametrize(("seq_len", "windows"), [(512, 0), (4, 16)])
+def test_export_refuses_empty_calibration_before_reading_the_model(
+    tmp_path, seq_len, windows
+) -> None:
+    from lowbit.errors import InvalidInputError
+    from lowbit.eval.bundled import smollm2_gguf_path
+    from lowbit.export import export_gguf
+
+    with pytest.raises(InvalidInputError, match="--calib-windows >= 1"):
+        export_gguf(
+            smollm2_gguf_path(), tmp_path / "m.gguf", "q4_0", method="gptq",
+            seq_len=seq_len, calib_windows=windows,
+        )  # fmt: skip
+    assert not list(tmp_path.iterdir())

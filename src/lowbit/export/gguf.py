@@ -17,7 +17,6 @@ from typing import Any
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export.gguf_calibrated import awq_method, gptq_method
 from lowbit.export.gguf_imatrix import imatrix_method
-from lowbit.io.gguf.convert import OUT_TYPES, is_hf_folder
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
@@ -53,6 +52,29 @@ class GGUFExportJob:
         """An integer architecture key ("block_count", "attention.head_count", ...)."""
         return int(self.metadata.get(f"{self.arch}.{key}", default))
 
+    def calibration_text(self) -> str:
+        """The text calibrated methods run: ``calib``, else lowbit's calibration split (never
+        the evaluation split)."""
+        from lowbit.eval.text import calibration_text, read_text
+
+        return read_text(self.calib) if self.calib is not None else calibration_text()
+
+    def linear_tensors(self, model: Any) -> dict[str, str]:
+        """{module name: GGUF tensor name} of ``model``'s nn.Linear layers that have a tensor
+        in the file (names as llama.cpp's converter maps them)."""
+        from torch import nn
+
+        from lowbit.io.gguf.names import gguf_tensor_name
+
+        n_blocks = self.kv_int("block_count")
+        found = {}
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                gguf_name = gguf_tensor_name(f"{name}.weight", self.arch, n_blocks)
+                if gguf_name is not None and gguf_name in self.shapes:
+                    found[name] = gguf_name
+        return found
+
     @cached_property
     def float_model(self):
         """The source as a float32 transformers model and its tokenizer (lowbit.io.hf's
@@ -66,7 +88,8 @@ Method = Callable[[GGUFExportJob], ChosenValues]
 
 
 def _rtn(job: GGUFExportJob) -> ChosenValues:
-    """Round to nearest in every block type: the file llama-quantize writes without imatrix."""
+    """Round to nearest in every block type: the file llama-quantize writes without imatrix
+    (export_gguf writes it without building a job; listed here so every method is one table)."""
     return ChosenValues()
 
 
@@ -78,10 +101,16 @@ GGUF_METHODS: dict[str, Method] = {
 }
 
 
-def _check_inputs(method: str, calib: Path | None, imatrix: Path | None) -> None:
+def _check_inputs(
+    method: str, calib: Path | None, imatrix: Path | None, seq_len: int, windows: int | None
+) -> None:
     if method not in GGUF_METHODS:
         raise UnsupportedFormatError(
             f"unknown --method {method!r}; available: {', '.join(GGUF_METHODS)}"
+        )
+    if seq_len < 8 or (windows is not None and windows < 1):
+        raise InvalidInputError(
+            f"need --seq-len >= 8 and --calib-windows >= 1 (got {seq_len} and {windows})"
         )
     for flag, path in (("--calib", calib), ("--imatrix", imatrix)):
         if path is not None and not path.is_file():
@@ -116,20 +145,22 @@ def export_gguf(
     calib_path = Path(calib) if calib is not None else None
     imatrix_path = Path(imatrix) if imatrix is not None else None
     check_export_args(file_type, out)
-    _check_inputs(method, calib_path, imatrix_path)
-    if is_hf_folder(model) and file_type in OUT_TYPES and method == "rtn":
-        return write_gguf(model, out, file_type)  # convert_hf_to_gguf.py --outtype's file
+    _check_inputs(method, calib_path, imatrix_path, seq_len, calib_windows)
+    if method == "rtn":  # llama-quantize's file (the converter's own for an HF float type)
+        return write_gguf(model, out, file_type)
     from lowbit.io.gguf.reader import read_gguf
 
     # a Hugging Face folder is read as the converter's F32 file (source stays the folder, so
     # float_model loads it with transformers)
+    has_imatrix = method == "imatrix"  # llama-quantize's type rules given an imatrix
     with gguf_source(model, out) as src:
-        infos, types = plan_types(open_source(src), file_type, has_imatrix=method == "imatrix")
+        infos, types = plan_types(open_source(src), file_type, has_imatrix=has_imatrix)
         job = GGUFExportJob(
             source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
             seq_len=seq_len, calib_windows=calib_windows,
             plan={i.name: t for i, t in zip(infos, types, strict=True)},
             shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(src).metadata),
         )  # fmt: skip
-        result = write_gguf(src, out, file_type, chosen=GGUF_METHODS[method](job))
+        chosen = GGUF_METHODS[method](job)
+        result = write_gguf(src, out, file_type, chosen=chosen, has_imatrix=has_imatrix)
     return replace(result, input_bytes=source_bytes(model))

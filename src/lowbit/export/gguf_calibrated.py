@@ -89,40 +89,30 @@ class CodecLayers:
 
 def _targets(job, model: nn.Module) -> dict[str, tuple[str, BlockCodec]]:
     """Linear module name -> (GGUF tensor name, codec of its planned block type)."""
-    n_blocks = job.kv_int("block_count")
-    out = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        gguf_name = gguf_tensor_name(f"{name}.weight", job.arch, n_blocks)
-        planned = job.plan.get(gguf_name or "")
-        if planned is not None and planned.lower() in BLOCK_TYPES:
-            out[name] = (gguf_name, get_block_codec(planned))
-    return out
+    return {
+        name: (gguf_name, get_block_codec(job.plan[gguf_name]))
+        for name, gguf_name in job.linear_tensors(model).items()
+        if job.plan.get(gguf_name, "").lower() in BLOCK_TYPES
+    }
 
 
 def _calibration_batches(job, tokenizer) -> list[Any]:
     from lowbit.eval.calibration import token_windows
-    from lowbit.eval.text import calibration_text, read_text
 
     if tokenizer is None:
         raise InvalidInputError(
             f"{job.source} has no tokenizer, so calibration text cannot be tokenized; export "
             "a GGUF file that carries llama.cpp's tokenizer metadata"
         )
-    text = read_text(job.calib) if job.calib is not None else calibration_text()
     windows = job.calib_windows or DEFAULT_CALIB_WINDOWS
-    return token_windows(tokenizer, text, samples=windows, seq_len=job.seq_len)
+    return token_windows(tokenizer, job.calibration_text(), samples=windows, seq_len=job.seq_len)
 
 
 def _norm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every norm weight (the only float tensors AWQ's folds change)."""
-    return {
-        n: m.weight.detach().clone()
-        for n, m in model.named_modules()
-        if "norm" in type(m).__name__.lower()
-        and isinstance(getattr(m, "weight", None), torch.Tensor)
-    }
+    from lowbit.recipes.blockwise import is_norm
+
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if is_norm(m)}
 
 
 def calibrated_values(job, algorithm: str, layers: CodecLayers | None = None) -> ChosenValues:

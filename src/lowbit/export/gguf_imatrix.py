@@ -19,7 +19,6 @@ from torch import nn
 
 from lowbit.errors import InvalidInputError
 from lowbit.io.gguf.imatrix import read_imatrix
-from lowbit.io.gguf.names import gguf_tensor_name
 from lowbit.io.gguf.writer import ChosenValues
 from lowbit.observers.hooks import ObserverHook
 from lowbit.observers.squares import SquaresObserver
@@ -78,14 +77,7 @@ def compute_importance(
 def imatrix_layers(model: nn.Module, job: GGUFExportJob) -> dict[str, str]:
     """{module name: GGUF name} of the Linear layers llama-imatrix collects by default: those
     whose weight is a "blk.*" tensor of the file (not output.weight: --process-output is off)."""
-    n_blocks = job.kv_int("block_count")
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            gguf = gguf_tensor_name(f"{name}.weight", job.arch, n_blocks)
-            if gguf is not None and gguf.startswith("blk.") and gguf in job.shapes:
-                found[name] = gguf
-    return found
+    return {m: g for m, g in job.linear_tensors(model).items() if g.startswith("blk.")}
 
 
 def check_importance(importance: dict[str, torch.Tensor], job: GGUFExportJob) -> dict:
@@ -119,12 +111,6 @@ def _c_string(text: str) -> str:
     return text.encode("utf-8")[:127].decode("utf-8", "ignore")
 
 
-def _calibration_text(job: GGUFExportJob) -> str:
-    from lowbit.eval.text import calibration_text, read_text
-
-    return read_text(job.calib) if job.calib is not None else calibration_text()
-
-
 def _computed(job: GGUFExportJob) -> tuple[dict[str, torch.Tensor], int]:
     """Importance computed on the calibration text, and the number of windows it took."""
     loaded = job.float_model
@@ -137,7 +123,7 @@ def _computed(job: GGUFExportJob) -> tuple[dict[str, torch.Tensor], int]:
             f"{job.source.name} adds BOS but has no tokenizer.ggml.bos_token_id; "
             "convert it again with llama.cpp's convert_hf_to_gguf.py"
         )
-    windows = llama_imatrix_windows(loaded.tokenizer, _calibration_text(job), job.seq_len, bos)
+    windows = llama_imatrix_windows(loaded.tokenizer, job.calibration_text(), job.seq_len, bos)
     layers = imatrix_layers(loaded.model, job)
     return compute_importance(loaded.model, windows, layers), len(windows)
 

@@ -27,7 +27,7 @@ SCALED_ALGORITHMS = ("awq", "smoothquant")  # they fold per-input-channel scales
 X_SAMPLE_ROWS = 4096  # activation rows kept per layer for AWQ's output-error search
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
     """LayerNorm, RMSNorm and friends: an elementwise weight we can fold scales into."""
     weight = getattr(module, "weight", None)
     return (
@@ -49,7 +49,7 @@ def scale_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]
         if not name:
             continue
         users = flow.consumers.get(name, [])
-        if _is_norm(module):
+        if is_norm(module):
             if users and all(isinstance(modules.get(u), nn.Linear) for u in users):
                 groups.append((name, sorted(set(users))))
         elif isinstance(module, nn.Linear) and flow.calls[name] == 1:

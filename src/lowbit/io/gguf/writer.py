@@ -191,6 +191,7 @@ def write_gguf(
     file_type: str,
     *,
     chosen: ChosenValues | None = None,
+    has_imatrix: bool = False,
 ) -> ExportResult:
     """Write ``model`` as a GGUF file of ``file_type``, as llama-quantize would.
 
@@ -204,6 +205,8 @@ def write_gguf(
         out: the .gguf file to write (replaced atomically).
         file_type: "q8_0", "q4_k_m", "f16", ... (see lowbit.io.gguf.types.FILE_TYPES).
         chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
+        has_imatrix: plan the types as llama-quantize given an imatrix (two rules differ);
+            the caller's plan and this one must agree.
     """
     src, out = Path(model), Path(out)
     check_export_args(file_type, out)
@@ -212,7 +215,7 @@ def write_gguf(
     gguf = require("gguf", "gguf")
     with gguf_source(src, out) as path:
         result = _write_from_reader(
-            gguf, open_source(path), path, out, file_type, chosen or ChosenValues()
+            gguf, open_source(path), path, out, file_type, chosen or ChosenValues(), has_imatrix
         )
     return replace(result, input_bytes=source_bytes(src))
 
@@ -279,14 +282,13 @@ def _tensor_bytes(gguf, t, info: TensorInfo, new_type: str, chosen: ChosenValues
 
 
 def _write_from_reader(
-    gguf, reader, src: Path, out: Path, file_type: str, chosen: ChosenValues
+    gguf, reader, src: Path, out: Path, file_type: str, chosen: ChosenValues, has_imatrix: bool
 ) -> ExportResult:
     from lowbit.atomic import atomic_file_path
 
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
     by_name = {t.name: t for t in reader.tensors}
-    # llama-quantize's has_imatrix: an imatrix was given (a method chose importance)
-    infos, types = plan_types(reader, file_type, has_imatrix=bool(chosen.importance))
+    infos, types = plan_types(reader, file_type, has_imatrix=has_imatrix)
     order = [i.name for i in infos]
     with atomic_file_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
