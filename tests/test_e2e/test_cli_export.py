@@ -17,7 +17,8 @@ from lowbit_testkit.cli import fails_cleanly
     [
         (["--type", "q9_9"], "unknown GGUF type 'q9_9'"),
         (["--type", "q4_0", "--method", "nope"], "unknown --method 'nope'"),
-        (["--type", "q4_0", "--format", "onnx"], "use --format gguf"),
+        (["--type", "q4_0", "--format", "safetensors"], "use gguf, onnx or tflite"),
+        (["--format", "gguf"], "--format gguf needs --type"),
     ],
 )
 def test_bad_arguments_are_one_line(capsys, tmp_path, extra, message):

@@ -1,4 +1,5 @@
-"""``lowbit export``: a model in, a GGUF file out, with llama-quantize's per-tensor types."""
+"""``lowbit export``: a model in, a file another runtime runs out (GGUF for llama.cpp, ONNX for
+ONNX Runtime / OpenVINO / TensorRT, .tflite for LiteRT)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,34 @@ from lowbit.errors import InvalidInputError
 
 def export_model(
     model: Annotated[
-        str, typer.Argument(help="GGUF file or Hugging Face folder (llama family or BERT).")
-    ],
-    out: Annotated[Path, typer.Option(help="GGUF file to write (replaced atomically).")],
-    type_: Annotated[
         str,
-        typer.Option("--type", help="q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, ..., f16, bf16, f32."),
+        typer.Argument(
+            help="gguf: a GGUF file or Hugging Face folder (llama family or BERT); onnx/tflite: "
+            "a lowbit save folder or a Hugging Face folder."
+        ),
     ],
-    format_: Annotated[str, typer.Option("--format", help="Output format: gguf.")] = "gguf",
+    out: Annotated[Path, typer.Option(help="File to write (replaced atomically).")],
+    type_: Annotated[
+        str | None,
+        typer.Option(
+            "--type", help="gguf: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, ..., f16, bf16, f32."
+        ),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="gguf, onnx or tflite.")] = "gguf",
+    target: Annotated[
+        str, typer.Option(help="onnx: ort (ORT/OpenVINO) or tensorrt (symmetric int8).")
+    ] = "ort",
+    opset: Annotated[
+        int | None,
+        typer.Option(help="onnx: 21 writes standard block DequantizeLinear, not MatMulNBits."),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="onnx/tflite: quantize a float MODEL with this preset first."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option(help="onnx/tflite: run the file and compare with lowbit's outputs.")
+    ] = True,
     method: Annotated[
         str, typer.Option(help="How values are chosen: rtn, or a calibrated method.")
     ] = "rtn",
@@ -39,9 +60,23 @@ def export_model(
     ] = 512,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Export MODEL to a GGUF file of --type, as llama-quantize would (types, metadata, order)."""
+    """Export MODEL to a GGUF file of --type (as llama-quantize would: types, metadata, order),
+    an ONNX file, or a .tflite file."""
+    if format_ == "onnx":
+        from lowbit.cli.export_onnx import export_onnx_command
+
+        export_onnx_command(model, out, target=target, opset=opset, recipe=recipe,
+                            verify=verify, json=json)  # fmt: skip
+        return
+    if format_ == "tflite":
+        from lowbit.cli.export_tflite import export_tflite_command
+
+        export_tflite_command(model, out, recipe=recipe, verify=verify, json=json)
+        return
     if format_ != "gguf":
-        raise InvalidInputError(f"--format {format_!r} is not supported; use --format gguf")
+        raise InvalidInputError(f"--format {format_!r} is not supported; use gguf, onnx or tflite")
+    if type_ is None:
+        raise InvalidInputError("--format gguf needs --type (q8_0, q4_0, q4_k_m, ..., f16)")
     from lowbit.export import export_gguf
 
     result = export_gguf(
