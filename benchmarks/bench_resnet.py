@@ -34,10 +34,9 @@ from models import (
     ADD_SOURCE,
     add_model_table,
     bench_cases,
-    export_onnx,
     lowbit_quantize,
     make_resnet18,
-    onnx_op_counts,
+    ort_quantize_static,
     ort_session,
     print_model_report,
     quiet_deprecations,
@@ -75,45 +74,6 @@ def torch_ao_fx(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
         return convert_fx(prepared)
 
 
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over a list of batches."""
-
-    def __init__(self, calib: list[torch.Tensor]) -> None:
-        self._it = iter([{"x": xb.numpy()} for xb in calib])
-
-    def get_next(self) -> dict | None:
-        return next(self._it, None)
-
-
-def ort_models(
-    model: nn.Module, calib: list[torch.Tensor], tmp: Path
-) -> tuple[Path, Path, dict[str, str]]:
-    """fp32 ONNX export (+ ORT's quant_pre_process) and its ORT ``quantize_static`` QDQ
-    version; notes say which exporter ran and what the quantizer produced."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    raw, fp32, q = tmp / "resnet_raw.onnx", tmp / "resnet.onnx", tmp / "resnet_qdq.onnx"
-    exporter = export_onnx(model, calib[0], raw)
-    quant_pre_process(str(raw), str(fp32))
-    quantize_static(
-        fp32,
-        q,
-        _Reader(calib),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return fp32, q, {"onnx exporter": exporter, "ORT QDQ graph": onnx_op_counts(q)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
@@ -134,7 +94,7 @@ def main() -> int:
 
     report = Report(checks=[])
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_fp32, onnx_q, notes = ort_models(model, calib, Path(tmp))
+        onnx_fp32, onnx_q, notes = ort_quantize_static(model, calib, Path(tmp), "resnet")
         xn = x.numpy()
         for threads in args.threads:
             ort_fp32, ort_q = ort_session(onnx_fp32, threads), ort_session(onnx_q, threads)

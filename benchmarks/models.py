@@ -273,6 +273,60 @@ def onnx_op_counts(path: Path) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
+class CalibrationReader:
+    """onnxruntime.quantization.CalibrationDataReader over a list of batches (input "x")."""
+
+    def __init__(self, calib: list[torch.Tensor], name: str = "x") -> None:
+        self._it = iter([{name: xb.numpy()} for xb in calib])
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+def ort_quantize_static(
+    model: nn.Module, calib: list[torch.Tensor], tmp: Path, stem: str
+) -> tuple[Path, Path, dict[str, str]]:
+    """fp32 ONNX export (+ ORT's quant_pre_process) and its ORT ``quantize_static`` QDQ
+    version (per-channel int8 weights, uint8 activations, MinMax on ``calib``); notes say
+    which exporter ran and what the quantizer produced."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    raw, fp32, q = tmp / f"{stem}_raw.onnx", tmp / f"{stem}.onnx", tmp / f"{stem}_qdq.onnx"
+    exporter = export_onnx(model, calib[0], raw)
+    quant_pre_process(str(raw), str(fp32))
+    quantize_static(
+        fp32,
+        q,
+        CalibrationReader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return fp32, q, {"onnx exporter": exporter, "ORT QDQ graph": onnx_op_counts(q)}
+
+
+def openvino_runner(path: Path, threads: int, precision: str) -> Callable[[object], object]:
+    """A function running the ONNX file ``path`` in OpenVINO on CPU (one infer request,
+    ``threads`` threads, INFERENCE_PRECISION_HINT ``precision``: "f32" or "bf16", the CPU
+    plugin's default on this machine); it returns the first output as a numpy array."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        str(path), "CPU",
+        {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads},
+    )  # fmt: skip
+    request = compiled.create_infer_request()
+    return lambda x: request.infer([x])[0]
+
+
 # ----------------------------------------------------------------------------- table
 
 
