@@ -17,3 +17,30 @@ def tiny_llama(**overrides):
     fields.update(overrides)
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).eval()
+
+
+def tiny_llama_folder(folder):
+    """A tiny llama Hugging Face folder with a Llama-2-style tokenizer.json (BPE with byte
+    fallback, "▁" for spaces; no tokenizer.model) and llama3 RoPE scaling: the converter's
+    LlamaHfVocab and rope_freqs branches, which SmolLM2 does not take."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
+    merges = [("▁", "t"), ("h", "e"), ("▁t", "he")]
+    for piece in [*"abcdefghijklmnopqrstuvwxyz▁", *(a + b for a, b in merges)]:
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])  # fmt: skip
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>")  # fmt: skip
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
+    model = tiny_llama(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, rope_parameters=rope)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

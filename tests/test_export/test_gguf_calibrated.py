@@ -62,3 +62,30 @@ def test_export_refuses_empty_calibration_before_reading_the_model(
             seq_len=seq_len, calib_windows=windows,
         )  # fmt: skip
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "imatrix"])
+def test_a_hugging_face_folder_exports_with_a_calibrated_method(tmp_path, method) -> None:
+    """HF folder in, calibrated q4_0 out: block Linear tensors hold the method's values (not
+    the rtn file's), every other tensor is the rtn file's, and the file reads back."""
+    pytest.importorskip("transformers")
+    from lowbit.export import export_gguf
+    from lowbit.io.gguf.reader import read_gguf
+    from lowbit_testkit.models import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "llama")
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    rtn = read_gguf(export_gguf(folder, tmp_path / "rtn.gguf", "q4_0").path)
+    result = export_gguf(folder, tmp_path / f"{method}.gguf", "q4_0", method=method,
+                         calib=calib, seq_len=16, calib_windows=4)  # fmt: skip
+    mine = read_gguf(result.path)
+    assert [t.name for t in mine.tensors] == [t.name for t in rtn.tensors]
+    changed = {t.name for t, r in zip(mine.tensors, rtn.tensors, strict=True)
+               if bytes(mine.raw(t)) != bytes(rtn.raw(r))}  # fmt: skip
+    assert {t.type.name for t in mine.tensors if t.name.endswith("attn_q.weight")} == {"Q4_0"}
+    assert any(n.startswith("blk.") and n.endswith("ffn_down.weight") for n in changed)
+    outside = {n for n in changed if not n.startswith("blk.")}
+    assert not outside  # token_embd, output_norm: as llama-quantize rounds them
+    if method != "awq":  # AWQ folds its scales into the norms (float replacements)
+        assert all(n.endswith(".weight") and "norm" not in n for n in changed)

@@ -20,6 +20,7 @@ from lowbit.eval.bundled import minilm_path, smollm2_gguf_path
 from lowbit.io.gguf.convert import convert_hf_folder, hf_as_gguf
 from lowbit.io.gguf.pre_tokenizers import CHKTXT, PRE_TOKENIZERS
 from lowbit_testkit.llama_cpp import source_dir, tool
+from lowbit_testkit.models import tiny_llama_folder
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -236,38 +237,9 @@ def test_scratch_folder_of_a_killed_export_is_removed_by_the_next(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _sentencepiece_style_folder(folder):
-    """A tiny llama folder with a Llama-2-style tokenizer.json (BPE with byte fallback, "▁"
-    for spaces; no tokenizer.model) and llama3 RoPE scaling: the converter's LlamaHfVocab and
-    rope_freqs branches, which SmolLM2 does not take."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from lowbit_testkit.models import tiny_llama
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
-    merges = [("▁", "t"), ("h", "e"), ("▁t", "he")]
-    for piece in [*"abcdefghijklmnopqrstuvwxyz▁", *(a + b for a, b in merges)]:
-        vocab[piece] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])  # fmt: skip
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>")  # fmt: skip
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
-    model = tiny_llama(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, rope_parameters=rope)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.slow
 def test_llama_hf_tokenizer_and_llama3_rope_convert_as_llama_cpps_converter(tmp_path):
-    folder = _sentencepiece_style_folder(tmp_path / "llama")
+    folder = tiny_llama_folder(tmp_path / "llama")
     mine = convert_hf_folder(folder, tmp_path / "mine.gguf", "f16")
     _assert_same_gguf(mine, _reference_convert(tmp_path, folder, "f16"))
     gguf = pytest.importorskip("gguf")
