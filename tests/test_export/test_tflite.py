@@ -123,6 +123,13 @@ def test_flatten_of_nhwc_data_keeps_pytorch_order(head, transposes, tmp_path):
     assert result.verification.sqnr_db >= 30
 
 
+def test_the_callers_model_is_left_in_training_mode(tmp_path):
+    model = _static(ResidualCNN(), (3, 16, 16)).train()  # dropout on: the file has it off
+    result = export_tflite(model, torch.randn(2, 3, 16, 16), tmp_path / "r.tflite")
+    assert result.verification.sqnr_db >= 30
+    assert all(m.training for m in model.modules())
+
+
 def test_a_float_layer_is_named(tmp_path):
     model = FlattenCNN(head=True).eval()
     with pytest.raises(InvalidInputError, match=r"layer 'conv' is a float Conv2d.*int8-static"):

@@ -16,8 +16,9 @@ from torch import nn
 
 from lowbit.atomic import atomic_write_bytes
 from lowbit.errors import InvalidInputError, LowbitWarning, require
-from lowbit.export.tflite.convert import GraphWriter, trace
+from lowbit.export.tflite.convert import GraphWriter
 from lowbit.export.tflite.flatbuffer import TfliteBuilder
+from lowbit.export.tflite.trace import eval_mode, trace
 from lowbit.formats.sqnr import sqnr_db
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,9 @@ def _example_tensor(example_inputs: Any) -> torch.Tensor:
     return example_inputs.detach().float()
 
 
-def tflite_bytes(model: nn.Module, example_inputs: Any) -> tuple[bytes, dict[str, int]]:
-    """The .tflite file of ``model`` (lowbit int8-static) in memory, and its op counts."""
-    example = _example_tensor(example_inputs)
-    gm, shapes = trace(model.eval(), example)
+def _build(model: nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str, int]]:
+    """The .tflite file of ``model`` (in eval mode) in memory, and its op counts."""
+    gm, shapes = trace(model, example)
     builder = TfliteBuilder()
     writer = GraphWriter(gm, shapes, builder)
     writer.write()
@@ -143,8 +143,9 @@ def export_tflite(
         MissingDependencyError: ai-edge-litert is missing (``pip install "lowbit[litert]"``).
     """
     example = _example_tensor(example_inputs)
-    data, op_counts = tflite_bytes(model, example)
-    verification = _verify(model, data, example) if verify else None
+    with eval_mode(model):
+        data, op_counts = _build(model, example)
+        verification = _verify(model, data, example) if verify else None
     if verification is not None:
         log.info(verification.detail)
     written = atomic_write_bytes(path, data)

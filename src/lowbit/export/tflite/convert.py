@@ -1,9 +1,8 @@
 """A lowbit int8-static module tree as TFLite int8 operators, in the model's own op order.
 
-The forward is traced with torch.fx, lowbit's quantized modules (and torch.nn's) kept as
-leaves, and run once on the example inputs to learn every tensor's shape. Each traced node
-then becomes TFLite ops following the int8 quantization spec
-(https://ai.google.dev/edge/litert/models/quantization_spec):
+Each node of the traced forward (``trace.py``) becomes TFLite ops following the int8
+quantization spec (https://ai.google.dev/edge/litert/models/quantization_spec; the numbers
+are ``int8.py``'s):
 
 - activations int8 asymmetric per tensor. lowbit's static layers use torch quint8 (uint8,
   zero point z); the same grid in int8 is code - 128 with zero point z - 128, so every
@@ -40,13 +39,10 @@ from torch import fx, nn
 
 from lowbit.errors import InvalidInputError
 from lowbit.export.tflite.flatbuffer import TfliteBuilder
+from lowbit.export.tflite.int8 import activation_qparams, int32_bias, same_pads, weight_codes
 from lowbit.formats.affine import QParams
-from lowbit.formats.granularity import PerAxis, PerTensor
-from lowbit.formats.qtypes import IntType
-from lowbit.kernels import check_activation_qparams
 from lowbit.nn import QuantAdd, QuantConv2d, QuantLinear
 from lowbit.nn.base import KernelModule
-from lowbit.tensors import IntPackedTensor
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -75,104 +71,6 @@ class Value:
     shape: tuple[int, ...]
     qparams: tuple[float, int] | None
     chw: tuple[int, int, int] | None = None
-
-
-class _LeafTracer(fx.Tracer):
-    """torch.fx tracer that keeps lowbit's quantized modules whole (torch.nn's already are)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, KernelModule) or super().is_leaf_module(m, module_qualified_name)
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph once and keeps each node's output shape."""
-
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module)
-        self.shapes: dict[str, tuple[int, ...]] = {}
-
-    def run_node(self, n: fx.Node) -> object:
-        result = super().run_node(n)
-        if isinstance(result, torch.Tensor):
-            self.shapes[n.name] = tuple(result.shape)
-        return result
-
-
-def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, dict]:
-    """The model's forward as an fx graph (quantized modules as leaves) and the output shape
-    of every node on ``example``."""
-    try:
-        graph = _LeafTracer().trace(model)
-    except Exception as exc:  # fx raises plain TypeError/TraceError on data-dependent code
-        raise InvalidInputError(
-            f".tflite export follows {type(model).__name__}.forward with torch.fx, which "
-            f"could not trace it ({type(exc).__name__}: {exc}); keep the forward a straight "
-            "sequence of module calls (no data-dependent Python control flow)"
-        ) from exc
-    gm = fx.GraphModule(model, graph)
-    recorder = _ShapeRecorder(gm)
-    with torch.no_grad():
-        recorder.run(example)
-    return gm, recorder.shapes
-
-
-def _int8_qparams(qparams: QParams | None, what: str) -> tuple[float, int]:
-    """lowbit's uint8 activation QParams as TFLite int8 (scale, zero point - 128)."""
-    if qparams is None:
-        raise InvalidInputError(
-            f"{what} has no activation qparams (it was not calibrated); quantize the model "
-            "with preset 'int8-static' and calibration data"
-        )
-    scale, zero_point = check_activation_qparams(qparams, what)
-    return scale, zero_point - 128
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """(before, after) padding of TFLite's SAME (tensorflow/lite/kernels/padding.h)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _weight_codes(name: str, weight: object, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes, float32 per-output-channel scales) of an int8 symmetric weight."""
-    ok = (
-        isinstance(weight, IntPackedTensor)
-        and weight.qtype == IntType(8, True)
-        and weight.form == "symmetric"
-        and weight.qmin >= -127
-        and len(weight.shape) == ndim
-        and (
-            isinstance(weight.granularity, PerTensor)
-            or (isinstance(weight.granularity, PerAxis) and weight.granularity.axis % ndim == 0)
-        )
-    )
-    if not ok:
-        raise InvalidInputError(
-            f"layer {name!r}: TFLite int8 needs int8 symmetric weights in [-127, 127], per "
-            f"output channel or per tensor; got {getattr(weight, 'kind', weight)!r} "
-            f"({weight!r}); quantize with preset 'int8-static'"
-        )
-    assert isinstance(weight, IntPackedTensor)
-    codes = weight.codes().to(torch.int8).numpy()
-    scales = weight.scale.float().reshape(-1).expand(weight.shape[0]).numpy()
-    return codes, np.ascontiguousarray(scales, dtype=np.float32)
-
-
-def _int32_bias(
-    name: str, bias: torch.Tensor | None, input_scale: float, weight_scales: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 bias, its float32 scales): round(b / (s_in * s_w)), ties to even."""
-    scales = (np.float32(input_scale) * weight_scales).astype(np.float32)
-    if bias is None:
-        return np.zeros(len(scales), dtype=np.int32), scales
-    q = np.rint(bias.double().numpy() / scales.astype(np.float64))
-    if np.abs(q).max(initial=0) >= 2**31:
-        raise InvalidInputError(
-            f"layer {name!r}: its bias does not fit int32 at scale input_scale * weight_scale; "
-            "recalibrate (a larger input scale) or leave the layer out"
-        )
-    return q.astype(np.int32), scales
 
 
 class GraphWriter:
@@ -228,7 +126,7 @@ class GraphWriter:
         if x.qparams is not None:
             return x
         out = replace(
-            self._new(f"{what}/quantize", x.shape, _int8_qparams(qparams, what)), chw=x.chw
+            self._new(f"{what}/quantize", x.shape, activation_qparams(qparams, what)), chw=x.chw
         )
         self.b.op("QUANTIZE", [x.tensor], [out.tensor])
         return out
@@ -348,7 +246,7 @@ class GraphWriter:
             )
         x = self._quantize(self._arg(node.args[0], name), spec.input_qparams, name)
         out_shape = self.shapes[node.name]
-        codes, w_scales = _weight_codes(name, m.weight, 4)
+        codes, w_scales = weight_codes(name, m.weight, 4)
         channels = x.shape[1]
         if spec.groups == 1:
             kind, filt, axis = "CONV_2D", codes.transpose(0, 2, 3, 1), 0
@@ -360,16 +258,8 @@ class GraphWriter:
                 "exporter writes groups=1 and depthwise (groups = in_channels) only"
             )
         x, padding = self._pad(x, m, name)
-        w = self.b.tensor(
-            f"{name}/weight", filt.shape, "int8", data=filt, scale=w_scales,
-            zero_point=[0] * len(w_scales), axis=axis,
-        )  # fmt: skip
-        bias, b_scales = _int32_bias(name, m.bias, x.qparams[0], w_scales)  # type: ignore[index]
-        b = self.b.tensor(
-            f"{name}/bias", bias.shape, "int32", data=bias, scale=b_scales,
-            zero_point=[0] * len(bias),
-        )  # fmt: skip
-        out = self._new(name, out_shape, _int8_qparams(spec.output_qparams, name))
+        w, b = self._weight_and_bias(name, filt, w_scales, axis, m.bias, x)
+        out = self._new(name, out_shape, activation_qparams(spec.output_qparams, name))
         fields = dict(
             padding=padding,
             strideH=spec.stride[0],
@@ -402,11 +292,10 @@ class GraphWriter:
         if pads == ((0, 0), (0, 0)):
             return x, valid
         kernel = m.weight.shape[2:]
-        same_pads = tuple(
-            _same_pads(x.shape[2 + i], kernel[i], spec.stride[i], spec.dilation[i])
-            for i in range(2)
+        tflite_same = tuple(
+            same_pads(x.shape[2 + i], kernel[i], spec.stride[i], spec.dilation[i]) for i in range(2)
         )
-        if same_pads == pads:
+        if tflite_same == pads:
             return x, same
         n, c, h, w = x.shape
         padded = (n, c, h + sum(pads[0]), w + sum(pads[1]))
@@ -417,6 +306,23 @@ class GraphWriter:
         )  # fmt: skip
         self.b.op("PAD", [x.tensor, paddings], [out.tensor])
         return out, valid
+
+    def _weight_and_bias(
+        self, name: str, codes: np.ndarray, scales: np.ndarray, axis: int,
+        bias: torch.Tensor | None, x: Value,
+    ) -> tuple[int, int]:  # fmt: skip
+        """The int8 weight tensor (``codes`` in TFLite's layout, per-channel ``scales`` along
+        ``axis``, zero points 0) and the int32 bias at scale input_scale * weight_scale."""
+        w = self.b.tensor(
+            f"{name}/weight", codes.shape, "int8", data=codes, scale=scales,
+            zero_point=[0] * len(scales), axis=axis,
+        )  # fmt: skip
+        q_bias, b_scales = int32_bias(name, bias, x.qparams[0], scales)  # type: ignore[index]
+        b = self.b.tensor(
+            f"{name}/bias", q_bias.shape, "int32", data=q_bias, scale=b_scales,
+            zero_point=[0] * len(q_bias),
+        )  # fmt: skip
+        return w, b
 
     def _activation_fn(self, relu: bool) -> int:
         kinds = self.b.fb.ActivationFunctionType
@@ -432,27 +338,19 @@ class GraphWriter:
                 f"layer {name!r} takes a 4-D input; the .tflite exporter keeps 4-D maps NHWC, "
                 "so flatten them (nn.Flatten / torch.flatten) before a Linear"
             )
-        codes, w_scales = _weight_codes(name, m.weight, 2)
+        codes, w_scales = weight_codes(name, m.weight, 2)
         if x.chw is not None:  # the flatten before us kept NHWC order: permute the columns
             c, h, w = x.chw
             codes = codes.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(len(codes), -1)
-        w_t = self.b.tensor(
-            f"{name}/weight", codes.shape, "int8", data=np.ascontiguousarray(codes),
-            scale=w_scales, zero_point=[0] * len(w_scales), axis=0,
-        )  # fmt: skip
-        bias, b_scales = _int32_bias(name, m.bias, x.qparams[0], w_scales)  # type: ignore[index]
-        b = self.b.tensor(
-            f"{name}/bias", bias.shape, "int32", data=bias, scale=b_scales,
-            zero_point=[0] * len(bias),
-        )  # fmt: skip
-        out = self._new(name, self.shapes[node.name], _int8_qparams(spec.output_qparams, name))
+        w, b = self._weight_and_bias(name, codes, w_scales, 0, m.bias, x)
+        out = self._new(name, self.shapes[node.name], activation_qparams(spec.output_qparams, name))
         options = self.b.options(
             "FullyConnectedOptionsT",
             fusedActivationFunction=self._activation_fn(spec.relu),
             keepNumDims=len(x.shape) > 2,
         )
         self.b.op(
-            "FULLY_CONNECTED", [x.tensor, w_t, b], [out.tensor], ("FullyConnectedOptions", options)
+            "FULLY_CONNECTED", [x.tensor, w, b], [out.tensor], ("FullyConnectedOptions", options)
         )
         self._finish_layer(node, m, out)
 
@@ -463,7 +361,7 @@ class GraphWriter:
         b = self._quantize(self._arg(node.args[1], name), spec.other_qparams, f"{name}/b")
         if a.chw != b.chw:
             self._unsupported(node, "an add of a flattened NHWC map and another tensor")
-        out = self._new(name, self.shapes[node.name], _int8_qparams(spec.output_qparams, name))
+        out = self._new(name, self.shapes[node.name], activation_qparams(spec.output_qparams, name))
         out = replace(out, chw=a.chw)
         options = self.b.options(
             "AddOptionsT", fusedActivationFunction=self._activation_fn(spec.relu)
