@@ -22,7 +22,7 @@ from lowbit.recipes import quantize
 class ResidualCNN(nn.Module):
     """Every op the exporter writes: stride-2 conv whose padding is not TFLite's SAME at an
     even size (PAD), depthwise + pointwise convs, a residual lowbit Add with ReLU, a ReLU
-    function, average and adaptive pooling, max pooling, flatten through dropout."""
+    function, average and adaptive pooling, max pooling, torch.flatten through dropout."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +35,6 @@ class ResidualCNN(nn.Module):
         self.conv3 = nn.Conv2d(8, 16, 3, padding="same")
         self.maxpool = nn.MaxPool2d(2)
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.flat = nn.Flatten()
         self.drop = nn.Dropout(0.1)
         self.fc = nn.Linear(16, 5)
 
@@ -43,20 +42,22 @@ class ResidualCNN(nn.Module):
         x = self.relu(self.stem(x))
         x = self.add(x, self.pw(torch.relu(self.dw(x))))
         x = self.maxpool(torch.relu(self.conv3(self.pool(x))))
-        return self.fc(self.drop(self.flat(self.gap(x))))
+        return self.fc(self.drop(torch.flatten(self.gap(x), 1)))
 
 
 class FlattenCNN(nn.Module):
-    """conv -> flatten of a 4x4 map -> (linear, or the flattened map itself as output)."""
+    """conv -> flatten of a 4x4 map -> dropout -> (linear, or the flattened map itself as
+    output)."""
 
     def __init__(self, head: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 4, 3, padding=1)
         self.flat = nn.Flatten()
+        self.drop = nn.Dropout(0.2)
         self.fc = nn.Linear(64, 6) if head else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flat(self.conv(x)))
+        return self.fc(self.drop(self.flat(self.conv(x))))
 
 
 def _static(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
