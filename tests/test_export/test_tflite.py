@@ -22,7 +22,8 @@ from lowbit.recipes import quantize
 class ResidualCNN(nn.Module):
     """Every op the exporter writes: stride-2 conv whose padding is not TFLite's SAME at an
     even size (PAD), depthwise + pointwise convs, a residual lowbit Add with ReLU, a ReLU
-    function, average and adaptive pooling, max pooling, torch.flatten through dropout."""
+    function, padded average pooling counting the zeros (PAD), padded max pooling (PADV2
+    with the lowest value), adaptive pooling, torch.flatten through dropout."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,9 +32,9 @@ class ResidualCNN(nn.Module):
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.pw = nn.Conv2d(8, 8, 1)
         self.add = Add(relu=True)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
         self.conv3 = nn.Conv2d(8, 16, 3, padding="same")
-        self.maxpool = nn.MaxPool2d(2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(0.1)
         self.fc = nn.Linear(16, 5)
@@ -82,7 +83,7 @@ def test_every_op_runs_in_litert_and_matches_lowbit(residual, tmp_path):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     result = lowbit.export_tflite(residual, x, tmp_path / "net.tflite")
     ops = result.op_counts
-    for op in ("PAD", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
+    for op in ("PAD", "PADV2", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
                "FULLY_CONNECTED", "RESHAPE", "QUANTIZE", "DEQUANTIZE"):  # fmt: skip
         assert ops.get(op, 0) >= 1, (op, ops)
     assert result.output_bytes == result.path.stat().st_size

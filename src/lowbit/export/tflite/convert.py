@@ -257,7 +257,7 @@ class GraphWriter:
                 f"layer {name!r} is a grouped convolution (groups={spec.groups}); the .tflite "
                 "exporter writes groups=1 and depthwise (groups = in_channels) only"
             )
-        x, padding = self._pad(x, m, name)
+        x, padding = self._conv_padding(x, m, name)
         w, b = self._weight_and_bias(name, filt, w_scales, axis, m.bias, x)
         out = self._new(name, out_shape, activation_qparams(spec.output_qparams, name))
         fields = dict(
@@ -279,32 +279,63 @@ class GraphWriter:
         self.b.op(kind, [x.tensor, w, b], [out.tensor], options)
         self._finish_layer(node, m, out)
 
-    def _pad(self, x: Value, m: QuantConv2d, name: str) -> tuple[Value, int]:
-        """(input, TFLite padding): VALID, SAME where it equals the layer's zero padding for
-        this input size, else an explicit PAD (int8 PAD fills with the zero point: real 0)."""
+    def _conv_padding(self, x: Value, m: QuantConv2d, name: str) -> tuple[Value, int]:
+        """The layer's zero padding (kernel padding plus input_padding) for ``_padding``."""
         spec = m.spec
         left, right, top, bottom = m.input_padding
         pads = (
             (spec.padding[0] + top, spec.padding[0] + bottom),
             (spec.padding[1] + left, spec.padding[1] + right),
         )
-        valid, same = self.b.fb.Padding.VALID, self.b.fb.Padding.SAME
+        geometry = (tuple(m.weight.shape[2:]), spec.stride, spec.dilation)
+        return self._padding(x, pads, geometry, name, fill="zero")
+
+    def _padding(
+        self, x: Value, pads: tuple, geometry: tuple, name: str, *, fill: str | None,
+        same: bool = True,
+    ) -> tuple[Value, int]:  # fmt: skip
+        """(input, TFLite padding) for torch's explicit ``pads`` ((top, bottom), (left,
+        right)) of a window op with ``geometry`` (kernel, stride, dilation): VALID when there
+        are none; SAME where TFLite's SAME gives the same pads for this input size (its
+        windows skip padded cells: torch's max pool, and avg pool without
+        count_include_pad); else PAD + VALID, filled with real 0 (``fill="zero"``: int8 PAD
+        uses the zero point) or the lowest value (``fill="lowest"``: PADV2, as -inf for a
+        max pool). ``fill=None``: no explicit padding can stand in (an error); ``same=False``:
+        SAME cannot (an average that counts the padded zeros)."""
+        valid = self.b.fb.Padding.VALID
         if pads == ((0, 0), (0, 0)):
             return x, valid
-        kernel = m.weight.shape[2:]
+        kernel, stride, dilation = geometry
         tflite_same = tuple(
-            same_pads(x.shape[2 + i], kernel[i], spec.stride[i], spec.dilation[i]) for i in range(2)
+            same_pads(x.shape[2 + i], kernel[i], stride[i], dilation[i]) for i in range(2)
         )
-        if tflite_same == pads:
-            return x, same
+        if same and tflite_same == pads:
+            return x, self.b.fb.Padding.SAME
+        if fill is None:
+            raise InvalidInputError(
+                f"{name!r}: its padding {pads} is not TFLite's SAME for a {x.shape[2:]} input "
+                "and cannot be written as a PAD; use count_include_pad=True or no padding"
+            )
         n, c, h, w = x.shape
-        padded = (n, c, h + sum(pads[0]), w + sum(pads[1]))
-        out = self._new(f"{name}/pad", padded, x.qparams)
+        out = self._new(f"{name}/pad", (n, c, h + sum(pads[0]), w + sum(pads[1])), x.qparams)
         paddings = self.b.tensor(
             f"{name}/paddings", (4, 2), "int32",
             data=np.array([(0, 0), *pads, (0, 0)], dtype=np.int32),
         )  # fmt: skip
-        self.b.op("PAD", [x.tensor, paddings], [out.tensor])
+        int8 = x.qparams is not None
+        if fill == "zero":
+            self.b.op("PAD", [x.tensor, paddings], [out.tensor], int8=int8)
+            return out, valid
+        if int8:  # PADV2's value tensor shares the input's quantization (pad.cc checks it)
+            scale, zero_point = x.qparams  # type: ignore[misc]
+            value = self.b.tensor(
+                f"{name}/pad_value", (), "int8", data=np.array(-128, dtype=np.int8),
+                scale=[scale], zero_point=[zero_point],
+            )  # fmt: skip
+        else:
+            lowest = np.array(np.finfo(np.float32).min, dtype=np.float32)
+            value = self.b.tensor(f"{name}/pad_value", (), "float32", data=lowest)
+        self.b.op("PADV2", [x.tensor, paddings, value], [out.tensor], int8=int8)
         return out, valid
 
     def _weight_and_bias(
@@ -375,6 +406,7 @@ class GraphWriter:
         out_shape = self.shapes[node.name]
         if len(x.shape) != 4:
             self._unsupported(node, f"{type(m).__name__} of a {len(x.shape)}-D tensor")
+        pads, fill, same = ((0, 0), (0, 0)), None, True
         if isinstance(m, nn.AdaptiveAvgPool2d):
             (h, w), (oh, ow) = x.shape[2:], out_shape[2:]
             if h % oh or w % ow:
@@ -383,17 +415,23 @@ class GraphWriter:
         else:
             kernel = nn.modules.utils._pair(m.kernel_size)
             stride = nn.modules.utils._pair(m.stride or m.kernel_size)
-            padding = nn.modules.utils._pair(m.padding)
+            pads = tuple((p, p) for p in nn.modules.utils._pair(m.padding))
             dilation = nn.modules.utils._pair(getattr(m, "dilation", 1))
-            if padding != (0, 0) or m.ceil_mode or dilation != (1, 1):
-                self._unsupported(node, f"{type(m).__name__} with padding, ceil_mode or dilation")
+            if m.ceil_mode or dilation != (1, 1):
+                self._unsupported(node, f"{type(m).__name__} with ceil_mode or dilation")
             if getattr(m, "divisor_override", None) or getattr(m, "return_indices", False):
                 self._unsupported(node, f"{type(m).__name__} with divisor_override/return_indices")
+            if isinstance(m, nn.MaxPool2d):
+                fill = "lowest"
+            elif m.count_include_pad:  # padded zeros count: PAD, then a VALID average
+                fill, same = "zero", False
+        geometry = (kernel, stride, (1, 1))
+        x, padding = self._padding(x, pads, geometry, name, fill=fill, same=same)
         kind = "MAX_POOL_2D" if isinstance(m, nn.MaxPool2d) else "AVERAGE_POOL_2D"
         out = self._new(node.name, out_shape, x.qparams)  # int8 pooling keeps the parameters
         options = self.b.options(
             "Pool2DOptionsT",
-            padding=self.b.fb.Padding.VALID,
+            padding=padding,
             strideH=stride[0],
             strideW=stride[1],
             filterHeight=kernel[0],

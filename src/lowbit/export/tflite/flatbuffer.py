@@ -33,6 +33,7 @@ _INT8_VERSIONS = {
     "ADD": 2,
     "RELU": 2,
     "PAD": 2,
+    "PADV2": 2,
     "TRANSPOSE": 2,
     "RESHAPE": 1,
     "QUANTIZE": 2,
