@@ -83,8 +83,8 @@ def test_every_op_runs_in_litert_and_matches_lowbit(residual, tmp_path):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     result = lowbit.export_tflite(residual, x, tmp_path / "net.tflite")
     ops = result.op_counts
-    for op in ("PAD", "PADV2", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
-               "FULLY_CONNECTED", "RESHAPE", "QUANTIZE", "DEQUANTIZE"):  # fmt: skip
+    for op in ("PAD", "PADV2", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D",
+               "MAX_POOL_2D", "FULLY_CONNECTED", "RESHAPE", "QUANTIZE", "DEQUANTIZE"):  # fmt: skip
         assert ops.get(op, 0) >= 1, (op, ops)
     assert result.output_bytes == result.path.stat().st_size
     assert result.verification is not None and result.verification.sqnr_db >= 30
