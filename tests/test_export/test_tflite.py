@@ -61,6 +61,15 @@ class FlattenCNN(nn.Module):
         return self.fc(self.drop(self.flat(self.conv(x))))
 
 
+class ViewCNN(FlattenCNN):
+    """The flatten written as x.reshape(x.size(0), -1) (x.view fails on lowbit's
+    channels-last int8 conv output in PyTorch itself)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.reshape(y.size(0), -1))
+
+
 def _static(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(32, *shape, generator=gen) for _ in range(4)]
@@ -122,6 +131,13 @@ def test_flatten_of_nhwc_data_keeps_pytorch_order(head, transposes, tmp_path):
     # a Linear after the flatten gets permuted columns (only the input TRANSPOSE); a flatten
     # that is the output goes back to NCHW first (input, before RESHAPE)
     assert result.op_counts["TRANSPOSE"] == transposes - (0 if head else 1)
+    assert result.verification.sqnr_db >= 30
+
+
+def test_reshape_to_batch_by_rest_is_a_flatten(tmp_path):
+    model = _static(ViewCNN(head=True), (2, 4, 4))
+    result = export_tflite(model, torch.randn(4, 2, 4, 4), tmp_path / "v.tflite")
+    assert result.op_counts["RESHAPE"] == 1
     assert result.verification.sqnr_db >= 30
 
 

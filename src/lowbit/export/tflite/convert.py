@@ -201,6 +201,10 @@ class GraphWriter:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             self._flatten(node, start, end)
+        elif target == "size":  # x.size(0) of x.view(x.size(0), -1): no tensor to write
+            return
+        elif target in ("view", "reshape") and self._is_batch_flatten(node):
+            self._flatten(node, 1, -1)
         elif target in _FLOAT_ADDS or target in ("add", "add_"):
             self._unsupported(
                 node, "a float '+' (write residual adds as lowbit.nn.Add modules so lowbit "
@@ -208,6 +212,17 @@ class GraphWriter:
             )  # fmt: skip
         else:
             self._unsupported(node, f"{node.op} {getattr(target, '__name__', target)}")
+
+    def _is_batch_flatten(self, node: fx.Node) -> bool:
+        """x.view / x.reshape to [batch, everything else] (what flatten(1) gives)."""
+        source = node.args[0]
+        before, after = self.shapes.get(getattr(source, "name", "")), self.shapes[node.name]
+        return (
+            before is not None
+            and len(after) == 2
+            and after[0] == before[0]
+            and after[1] == int(np.prod(before[1:]))
+        )
 
     def _unsupported(self, node: object, what: str) -> None:
         name = getattr(node, "target", node) if getattr(node, "op", "") == "call_module" else (
