@@ -48,7 +48,8 @@ NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
 SUPPORTED = (
     "lowbit QuantConv2d / QuantLinear / QuantAdd in static mode (int8-static), MaxPool2d, "
-    "AvgPool2d, AdaptiveAvgPool2d (divisible sizes), ReLU, Flatten, Identity, Dropout"
+    "AvgPool2d, AdaptiveAvgPool2d (divisible sizes), ReLU, Flatten (or x.reshape(x.size(0), "
+    "-1)), Identity, Dropout"
 )
 _PASSTHROUGH = (nn.Identity, nn.Dropout)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
