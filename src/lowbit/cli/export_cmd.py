@@ -16,8 +16,8 @@ def export_model(
     model: Annotated[
         str,
         typer.Argument(
-            help="gguf: a GGUF file or Hugging Face folder (llama family or BERT); onnx/tflite: "
-            "a lowbit save folder or a Hugging Face folder."
+            help="gguf: a GGUF file or Hugging Face folder (llama family or BERT); onnx: a "
+            "lowbit save folder or a Hugging Face folder; tflite: digits (the demo CNN)."
         ),
     ],
     out: Annotated[Path, typer.Option(help="File to write (replaced atomically).")],
