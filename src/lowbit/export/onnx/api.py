@@ -57,7 +57,9 @@ def is_causal_lm(model: nn.Module) -> bool:
     """A transformers causal LM (``*ForCausalLM``): exported as a decoder graph."""
     config = getattr(model, "config", None)
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
-    return any(str(a).endswith("ForCausalLM") for a in architectures) and hasattr(model, "generate")
+    return any(str(a).endswith("ForCausalLM") for a in architectures) and hasattr(
+        model, "generate"
+    )
 
 
 def export_onnx(
