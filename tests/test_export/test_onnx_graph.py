@@ -117,6 +117,54 @@ def test_a_graph_below_the_sqnr_floor_is_not_written(digits, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+class ResidualCNN(nn.Module):
+    """conv -> conv + skip (lowbit's Add, which static int8 makes a QuantAdd) -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
+        self.add = lowbit.nn.Add(relu=True)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv1(x))
+        y = self.add(self.conv2(y), y)
+        return self.fc(self.pool(y).flatten(1))
+
+
+@pytest.mark.parametrize("preset", ["int8-static", "int8-dynamic"])
+def test_residual_cnn_with_quantized_add(tmp_path, preset):
+    torch.manual_seed(1)
+    calib = [torch.randn(32, 3, 12, 12) for _ in range(4)]
+    q = lowbit.quantize(ResidualCNN().eval(), preset, calib_data=calib)
+    if preset == "int8-static":
+        assert isinstance(q.add, lowbit.nn.QuantAdd)
+    result = export_onnx(q, torch.randn(4, 3, 12, 12), tmp_path / "cnn.onnx")
+    assert result.verification.sqnr_db >= 30
+    expected = "QLinearConv" if preset == "int8-static" else "DynamicQuantizeLinear"
+    fused = _optimized_ops(result.path, tmp_path)
+    assert expected in fused or expected in result.op_counts, fused
+    x = torch.randn(7, 3, 12, 12)
+    with torch.inference_mode():
+        assert sqnr_db(q(x), _ort_run(result.path, x)) >= 30
+
+
+def test_large_models_use_one_external_data_file(tmp_path, monkeypatch):
+    from lowbit.export.onnx import graph
+
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_BYTES", 0)
+    q = lowbit.quantize(MLP().eval(), "w4a16-g32")
+    result = export_onnx(q, torch.randn(2, 64), tmp_path / "mlp.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+    assert result.output_bytes == sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert result.verification.sqnr_db >= 30
+    assert (tmp_path / "mlp.onnx").stat().st_size < 20_000  # the weights are in the data file
+
+
 # ---------------------------------------------------------------- small MLPs (fast)
 class MLP(nn.Module):
     def __init__(self) -> None:
@@ -151,6 +199,10 @@ def test_mlp_presets_match_lowbit_at_any_shape(tmp_path, preset, opset, op):
         y = torch.randn(*shape)
         with torch.inference_mode():
             assert sqnr_db(q(y), _ort_run(result.path, y)) >= 30
+    ov = pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file
+    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with torch.inference_mode():
+        assert sqnr_db(q(y), torch.from_numpy(compiled(y.numpy())[compiled.output(0)])) >= 30
 
 
 def test_offset_form_weights_get_float_zero_points(tmp_path):

@@ -11,8 +11,8 @@ writes the nodes the runtimes fuse into integer kernels:
 - ``dynamic_linear``: DynamicQuantizeLinear + MatMulInteger + Cast + Mul (+ Add), the
   pattern ORT fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat;
 - ``per_token_linear``: lowbit's per-token int8 activations (a scale and zero point per
-  row) from ReduceMin/ReduceMax, QuantizeLinear per axis and MatMulInteger, with the zero
-  point's share removed exactly as kernels/int8.py does;
+  row) from ReduceMin/ReduceMax, Div/Round/Clip and MatMulInteger, with the zero point's
+  share removed exactly as kernels/int8.py does;
 - ``dynamic_fake_quant``: DynamicQuantizeLinear + DequantizeLinear (dynamic Conv2d);
 - ``matmul_nbits``: com.microsoft MatMulNBits (weight-only int2/4/8 Linear);
 - ``gather_rows``: an int8-per-row embedding table as Gather of codes and scales.
@@ -283,12 +283,19 @@ def translation_table() -> dict[Any, Any]:
             zu = op.Add(z, const(128.0, np.float32))
         else:
             zu = op.Expand(const(128.0, np.float32), op.Shape(scale))
-        zu8 = op.Cast(zu, to=helper.TensorProto.UINT8)
-        q = op.QuantizeLinear(rows, scale, zu8, axis=0)
+        # u = clamp(round(x / s) + z, 0, 255) written out (Div, Round half-even, as
+        # formats/affine.quantize): a QuantizeLinear with a run-time per-axis scale does not
+        # load in OpenVINO 2026.4 (its FakeQuantize shape check fails on the dynamic rows).
+        s_col = op.Unsqueeze(scale, ints(1))
+        u = op.Add(op.Round(op.Div(rows, s_col)), op.Unsqueeze(zu, ints(1)))
+        q = op.Cast(
+            op.Clip(u, const(0.0, np.float32), const(255.0, np.float32)),
+            to=helper.TensorProto.UINT8,
+        )
         acc = op.MatMulInteger(q, weight_t)
         zi = op.Unsqueeze(op.Cast(zu, to=helper.TensorProto.INT32), ints(1))
         acc = op.Sub(acc, op.Mul(zi, col_sum))
-        y = op.Mul(op.Cast(acc, to=helper.TensorProto.FLOAT), op.Unsqueeze(scale, ints(1)))
+        y = op.Mul(op.Cast(acc, to=helper.TensorProto.FLOAT), s_col)
         y = finish(op.Mul(y, weight_scale), bias, relu)
         out_shape = op.Concat(op.Shape(x, end=-1), op.Shape(weight_t, start=1), axis=0)
         return op.Reshape(y, out_shape)
