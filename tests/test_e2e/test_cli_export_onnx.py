@@ -51,6 +51,7 @@ def test_a_save_folder_without_its_architecture_is_one_line(capsys, tmp_path):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "holds a plain PyTorch model: pass its architecture" in err
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -269,10 +269,10 @@ def test_minilm_w8a8_dynamic_on_padded_batches(tmp_path):
 
     loaded = load_model(minilm_path())
     q = lowbit.quantize(loaded.model, "w8a8-dynamic")
-    # 32 passages of 50 words (85..382 tokens): ORT vs lowbit measured 29.3 dB here, and
-    # lowbit's own reference vs fast kernels 28.5 dB: the check accepts it as within
-    # lowbit's own noise and says so
-    passages = text_chunks(evaluation_text(), 32)
+    # 32 passages of 25 words, padded: MiniLM W8A8 sits near 30 dB against lowbit PyTorch,
+    # where lowbit's own reference and fast kernels also differ (docs/decisions.md): below
+    # 30 dB the check passes only within 1 dB of that, and says so
+    passages = text_chunks(evaluation_text(), 32, words=25)
     batch = dict(loaded.tokenizer(passages, padding=True, return_tensors="pt"))
     result = export_onnx(q, batch, tmp_path / "minilm.onnx")
     check = result.verification
