@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import collections
 import copy
-import math
+import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,18 @@ from lowbit.eval.perplexity import perplexity
 from lowbit.export.onnx.api import OnnxExportResult, Verification
 from lowbit.export.onnx.decoder_graph import build_decoder
 from lowbit.export.onnx.decoder_session import DecoderSession, generate_greedy, ort_perplexity
+from lowbit.export.onnx.decoder_weights import int8_accuracy_level
 from lowbit.export.onnx.runtime import require_onnx
 from lowbit.formats.sqnr import sqnr_db
+
+logger = logging.getLogger(__name__)
 
 # Above this many bytes of weights the tensors go to one external data file beside the .onnx
 # (protobuf caps a message at 2 GiB; the graph itself needs some room).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 GREEDY_STEPS = 32
 PPL_TOLERANCE = 0.01
+MIN_SQNR_DB = 30.0  # logits against the reference kernels (issue 14's acceptance)
 _ALIGN = 4096  # external data offsets page-aligned, so ORT can map them
 
 
@@ -118,7 +123,8 @@ def _torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int) -> torch.T
     for _ in range(steps):
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token)
-        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        key = "cache" if "cache" in out else "past_key_values"  # transformers 5 renamed it
+        out = model(token, use_cache=True, **{key: out[key]})
     return torch.cat([ids, *tokens], dim=1)[0]
 
 
@@ -144,6 +150,18 @@ def _write(model_proto: Any, path: Path) -> int:
             tensor.data_location = onnx.TensorProto.EXTERNAL
     atomic_write_bytes(path, model_proto.SerializeToString())
     return path.stat().st_size + data_path.stat().st_size
+
+
+def _has_int8_linear(model: nn.Module) -> bool:
+    """Whether a weight-only QuantLinear has 5-8-bit codes (written as 8-bit MatMulNBits)."""
+    from lowbit.nn import QuantLinear
+
+    return any(
+        isinstance(m, QuantLinear)
+        and getattr(m.weight, "qtype", None) is not None
+        and m.weight.qtype.bits > 4
+        for m in model.modules()
+    )
 
 
 def _float_layers(model: nn.Module) -> dict[str, str]:
@@ -217,7 +235,7 @@ def verify_decoder(
         f"{steps} tokens {'equal' if not differ else 'DIFFER (' + '; '.join(differ) + ')'}, "
         f"perplexity ORT {ppl_ort:.4f} vs PyTorch {ppl_torch:.4f} ({100 * rel:.2f}%)"
     )
-    if differ or not rel <= PPL_TOLERANCE or not math.isfinite(sqnr):
+    if differ or not rel <= PPL_TOLERANCE or not sqnr >= MIN_SQNR_DB:
         raise DecoderVerificationError(
             f"the ONNX decoder written at {path} disagrees with the PyTorch model: {detail}. "
             "Report this with the model and preset; export with verify=False (--no-verify) "
@@ -256,12 +274,42 @@ def export_decoder(
     vocab = int(model.config.vocab_size)
     prompts = _prompts(example_inputs, vocab)
     model.eval()
-    with torch.inference_mode():
-        proto = build_decoder(model, opset=opset or 21, opset21_weights=standard)
-    op_counts = dict(collections.Counter(n.op_type for n in proto.graph.node))
-    size = _write(proto, path)
-    del proto
-    verification = verify_decoder(model, path, prompts) if verify else None
+
+    def build(level: int | None) -> tuple[dict[str, int], int]:
+        with torch.inference_mode():
+            proto = build_decoder(
+                model, opset=opset or 21, opset21_weights=standard, int8_cast=level is None
+            )
+        if level is not None:
+            int8_accuracy_level(proto, level)
+        return dict(collections.Counter(n.op_type for n in proto.graph.node)), _write(proto, path)
+
+    # accuracy_level stays unset unless the agreement check passes with it. ORT 1.32's CPU
+    # MatMulNBits has a fast 8-bit kernel only at level 4 (int8 inputs): with verify, 8-bit
+    # layers try it; where it disagrees (or without verify), 8-bit per-row layers are
+    # written as Cast + MatMul + Mul (exact, fp32 GEMM speed; decoder_weights.cast_matmul).
+    fast8 = verify and not standard and _has_int8_linear(model)
+    op_counts, size = build(4 if fast8 else None)
+    verification = None
+    if verify:
+        try:
+            verification = verify_decoder(model, path, prompts)
+        except DecoderVerificationError as err:
+            if not fast8:
+                raise
+            logger.info("8-bit MatMulNBits at accuracy_level 4 disagree (%s)", err)
+            op_counts, size = build(None)
+            verification = verify_decoder(model, path, prompts)
+            note = "8-bit layers: accuracy_level 4 disagreed, written as Cast+MatMul (exact)"
+            verification = dataclasses.replace(
+                verification, detail=f"{verification.detail}; {note}"
+            )
+        else:
+            if fast8:
+                note = "8-bit layers: MatMulNBits accuracy_level 4 (int8 inputs) agreed"
+                verification = dataclasses.replace(
+                    verification, detail=f"{verification.detail}; {note}"
+                )
     return OnnxExportResult(
         path=path,
         kind="decoder",

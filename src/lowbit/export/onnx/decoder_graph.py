@@ -79,8 +79,11 @@ def rotary_tables(model: nn.Module, positions: int) -> tuple[np.ndarray, np.ndar
 class _Decoder:
     """Writes one decoder graph into a GraphBuilder."""
 
-    def __init__(self, g: GraphBuilder, model: nn.Module, cfg: dict, *, opset21: bool) -> None:
+    def __init__(
+        self, g: GraphBuilder, model: nn.Module, cfg: dict, *, opset21: bool, int8_cast: bool
+    ) -> None:
         self.g, self.model, self.cfg, self.opset21 = g, model, cfg, opset21
+        self.int8_cast = int8_cast
 
     def rms_norm(self, x: str, norm: nn.Module, name: str) -> str:
         g = self.g
@@ -91,7 +94,9 @@ class _Decoder:
         return g.op("Mul", [g.op("Div", [x, root]), weight], name)
 
     def linear(self, x: str, module: nn.Module, name: str) -> str:
-        return decoder_weights.linear(self.g, x, module, name, opset21=self.opset21)
+        return decoder_weights.linear(
+            self.g, x, module, name, opset21=self.opset21, int8_cast=self.int8_cast
+        )
 
     def rope(self, x: str, cos: str, sin: str) -> str:
         g = self.g
@@ -189,10 +194,13 @@ class _Decoder:
         return g.op("Identity", [logits], "logits"), ctx["present"]
 
 
-def build_decoder(model: nn.Module, *, opset: int = 21, opset21_weights: bool = False) -> Any:
+def build_decoder(
+    model: nn.Module, *, opset: int = 21, opset21_weights: bool = False, int8_cast: bool = False
+) -> Any:
     """The decoder ModelProto of ``model`` (a transformers LlamaForCausalLM, float or with
     lowbit's QuantLinear/QuantEmbedding layers). ``opset21_weights``: quantized layers as
-    standard DequantizeLinear instead of com.microsoft MatMulNBits/GatherBlockQuantized."""
+    standard DequantizeLinear instead of com.microsoft MatMulNBits/GatherBlockQuantized;
+    ``int8_cast``: 8-bit per-row layers as Cast + MatMul + Mul (decoder_weights.cast_matmul)."""
     cfg = decoder_config(model)
     g = GraphBuilder()
     helper, tp = g.onnx.helper, g.onnx.TensorProto
@@ -212,7 +220,7 @@ def build_decoder(model: nn.Module, *, opset: int = 21, opset21_weights: bool = 
             inputs.append(
                 helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", tp.FLOAT, cache)
             )
-    logits, present = _Decoder(g, model, cfg, opset21=opset21_weights).build()
+    logits, present = _Decoder(g, model, cfg, opset21=opset21_weights, int8_cast=int8_cast).build()
     out_cache = ["batch", cfg["kv_heads"], "total_sequence_length", cfg["head_dim"]]
     outputs = [
         helper.make_tensor_value_info(logits, tp.FLOAT, ["batch", "sequence_length", cfg["vocab"]])
