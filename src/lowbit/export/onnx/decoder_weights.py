@@ -23,6 +23,9 @@ kernel does), with zero point z + shift; scales are widened to float32 (exact). 
 (and per-tensor) scales are repeated over power-of-two blocks that split K, so every block
 holds its row's one scale. The "offset" form (x = s·(q - qmin) + Lmin) has no integer zero
 point: MatMulNBits gets the float zero point qmin + shift - Lmin/s (rounded in float32).
+8-bit per-row weights can instead be written as Cast(int8 codes) + MatMul + Mul (exact, fp32
+GEMM speed), because ORT's CPU 8-bit MatMulNBits is fast only with int8 inputs
+(``accuracy_level`` 4; see ``int8_accuracy_level``).
 """
 
 from __future__ import annotations
