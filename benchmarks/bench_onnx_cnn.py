@@ -36,7 +36,6 @@ from models import (
     bench_cases,
     make_resnet18,
     onnx_op_counts,
-    openvino_runner,
     ort_quantize_static,
     ort_session,
     print_model_report,
@@ -45,6 +44,7 @@ from models import (
 
 import lowbit
 from lowbit.demo.digits import load_digits_split, trained_digits_cnn
+from lowbit.export.onnx.runtime import openvino_runner
 
 ORT_QDQ = "ORT quantize_static QDQ (ORT)"
 LOWBIT = "lowbit QDQ (ORT)"
@@ -71,7 +71,7 @@ def runners(
         out[f"{label} (ORT)"] = lambda x, s=session, n=name: s.run(None, {n: x.numpy()})[0]
     for label, path in files.items():
         for precision in ("f32", "bf16"):
-            run = openvino_runner(path, threads, precision)
+            run = openvino_runner(path, precision=precision, threads=threads)
             out[f"{label} (OpenVINO {precision})"] = lambda x, r=run: r(x.numpy())
     return out
 

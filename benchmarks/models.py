@@ -313,20 +313,6 @@ def ort_quantize_static(
     return fp32, q, {"onnx exporter": exporter, "ORT QDQ graph": onnx_op_counts(q)}
 
 
-def openvino_runner(path: Path, threads: int, precision: str) -> Callable[[object], object]:
-    """A function running the ONNX file ``path`` in OpenVINO on CPU (one infer request,
-    ``threads`` threads, INFERENCE_PRECISION_HINT ``precision``: "f32" or "bf16", the CPU
-    plugin's default on this machine); it returns the first output as a numpy array."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(
-        str(path), "CPU",
-        {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads},
-    )  # fmt: skip
-    request = compiled.create_infer_request()
-    return lambda x: request.infer([x])[0]
-
-
 # ----------------------------------------------------------------------------- table
 
 

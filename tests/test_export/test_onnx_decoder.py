@@ -197,6 +197,17 @@ def test_bad_inputs_give_clear_errors(tmp_path) -> None:
         generate_greedy(path, torch.ones(3, dtype=torch.long), 2)
 
 
+def test_a_failed_check_writes_nothing_and_keeps_the_old_file(tmp_path, monkeypatch) -> None:
+    model = _quantized("w4a16-g32")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"the user's earlier file")
+    monkeypatch.setattr(decoder_mod, "MIN_SQNR_DB", 1000.0)  # no real graph reaches it
+    with pytest.raises(decoder_mod.DecoderVerificationError, match="--no-verify"):
+        export_decoder(model, None, path)
+    assert path.read_bytes() == b"the user's earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.slow
 def test_smollm2_w4a16_g128_decoder_agrees_with_lowbit(tmp_path) -> None:
     from lowbit.eval.bundled import smollm2_gguf_path
@@ -206,13 +217,15 @@ def test_smollm2_w4a16_g128_decoder_agrees_with_lowbit(tmp_path) -> None:
     loaded = load_model(smollm2_gguf_path())
     tok = loaded.tokenizer
     model = lowbit.quantize(loaded.model, "w4a16-g128")
-    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a"]
+    prompts = ["The capital of France is", "def fibonacci(n):"]  # 2: CI time
     ids, mask = decoder_mod._left_pad([torch.tensor(tok(p)["input_ids"]) for p in prompts])
     batch = {"input_ids": ids, "attention_mask": mask}
     result = export_decoder(model, batch, tmp_path / "smollm2.onnx")
-    assert result.verification.same_tokens is True  # 32 greedy steps on each of 3 prompts
-    assert result.op_counts["MatMulNBits"] == 30 * 7 + 1  # tied head: int8 per row
-    ids = tok(evaluation_text(), return_tensors="pt").input_ids[0][:1024]
+    assert result.verification.same_tokens is True  # 32 greedy steps on each prompt
+    # tied head: int8 per row, as MatMulNBits at accuracy_level 4 when that agreed, else Cast
+    head_nbits = 0 if "disagreed" in result.verification.detail else 1
+    assert result.op_counts["MatMulNBits"] == 30 * 7 + head_nbits
+    ids = tok(evaluation_text(), return_tensors="pt").input_ids[0][:512]
     want = perplexity(model, ids)  # lowbit's model as it runs (fast bf16 kernels)
     got = ort_perplexity(result.path, ids)
     assert got.n_tokens == want.n_tokens

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.errors import InvalidInputError, UnsupportedFormatError
+from lowbit.errors import InvalidInputError, MissingDependencyError, UnsupportedFormatError
 from lowbit.export.onnx import export_onnx
+from lowbit.export.onnx.runtime import openvino_runner
 from lowbit.formats.sqnr import sqnr_db
 
 onnx = pytest.importorskip("onnx")
@@ -75,12 +76,11 @@ def test_digits_int8_static_is_qdq_fused_by_ort_and_as_accurate(digits, tmp_path
 
 @pytest.mark.slow
 def test_digits_qdq_runs_in_openvino_f32(digits, tmp_path):
-    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
     split, q = digits
     result = export_onnx(q, split.x_test[:16], tmp_path / "digits.onnx")
-    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     x = split.x_test[:64]
-    out = torch.from_numpy(compiled(x.numpy())[compiled.output(0)])
+    out = torch.from_numpy(openvino_runner(result.path)(x))
     with torch.inference_mode():
         ref = q(x)
     assert sqnr_db(ref, out) >= 30
@@ -199,10 +199,9 @@ def test_mlp_presets_match_lowbit_at_any_shape(tmp_path, preset, opset, op):
         y = torch.randn(*shape)
         with torch.inference_mode():
             assert sqnr_db(q(y), _ort_run(result.path, y)) >= 30
-    ov = pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file
-    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file
     with torch.inference_mode():
-        assert sqnr_db(q(y), torch.from_numpy(compiled(y.numpy())[compiled.output(0)])) >= 30
+        assert sqnr_db(q(y), torch.from_numpy(openvino_runner(result.path)(y))) >= 30
 
 
 def test_offset_form_weights_get_float_zero_points(tmp_path):
@@ -232,11 +231,10 @@ def test_opset_21_is_standard_int4_blocked_dequantize(tmp_path):
     types = {i.name: i.data_type for i in model.graph.initializer}
     assert types["fc1.codes_t"] == onnx.TensorProto.INT4  # two codes a byte, as stored
     assert "MatMulNBits" in _optimized_ops(result.path, tmp_path)  # ORT fuses it back
-    ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(str(result.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pytest.importorskip("openvino")
     x = torch.randn(3, 4, 64)
     with torch.inference_mode():
-        assert sqnr_db(q(x), torch.from_numpy(compiled(x.numpy())[compiled.output(0)])) >= 30
+        assert sqnr_db(q(x), torch.from_numpy(openvino_runner(result.path)(x))) >= 30
 
 
 def test_unsupported_layers_are_named_with_skip(tmp_path):
@@ -299,3 +297,11 @@ def test_minilm_w8a8_dynamic_on_padded_batches(tmp_path):
     with torch.inference_mode():
         noise = own_noise_db(q, tensor_leaves(q(**other)), (), other)
     assert sqnr_db(ref[mask.bool()], hidden[mask.bool()]) >= min(30.0, noise - 1.0), noise
+
+
+def test_missing_openvino_names_its_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"lowbit\[openvino\]"):
+        openvino_runner(tmp_path / "m.onnx")

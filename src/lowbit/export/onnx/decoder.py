@@ -1,5 +1,5 @@
 """``export_decoder``: a llama-family causal LM (lowbit weight-only quantized, or float) as an
-ONNX decoder graph with past key/values, written atomically and checked in ONNX Runtime.
+ONNX decoder graph with past key/values, checked in ONNX Runtime before it is moved into place.
 
 The graph is built from the model's config and layers (decoder_graph); quantized layers keep
 lowbit's codes and scales bit for bit (decoder_weights); decoder_session runs it (greedy
@@ -11,7 +11,6 @@ prompt, and perplexity within 1% on the prompts and their continuations.
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import logging
 import os
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.atomic import atomic_file_path, atomic_write_bytes
 from lowbit.errors import InvalidInputError, LowbitError
 from lowbit.eval.perplexity import perplexity
 from lowbit.export.onnx.api import OnnxExportResult, Verification
@@ -29,13 +27,12 @@ from lowbit.export.onnx.decoder_graph import build_decoder
 from lowbit.export.onnx.decoder_session import DecoderSession, generate_greedy, ort_perplexity
 from lowbit.export.onnx.decoder_weights import int8_accuracy_level
 from lowbit.export.onnx.runtime import require_onnx
+from lowbit.export.onnx.staging import EXTERNAL_DATA_BYTES, staged, staged_bytes
+from lowbit.export.onnx.verify import reference_copy
 from lowbit.formats.sqnr import sqnr_db
 
 logger = logging.getLogger(__name__)
 
-# Above this many bytes of weights the tensors go to one external data file beside the .onnx
-# (protobuf caps a message at 2 GiB; the graph itself needs some room).
-EXTERNAL_DATA_BYTES = 1_800_000_000
 GREEDY_STEPS = 32
 PPL_TOLERANCE = 0.01
 MIN_SQNR_DB = 30.0  # logits against the reference kernels (issue 14's acceptance)
@@ -128,28 +125,24 @@ def _torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int) -> torch.T
     return torch.cat([ids, *tokens], dim=1)[0]
 
 
-def _write(model_proto: Any, path: Path) -> int:
-    """Write ``model_proto`` atomically; weights above EXTERNAL_DATA_BYTES go to
-    ``{path.name}.data`` beside it (written first, atomically too). Returns bytes on disk."""
+def _write(model_proto: Any, path: Path) -> None:
+    """Write ``model_proto`` at ``path`` (a staged path); weights above EXTERNAL_DATA_BYTES
+    go to ``{path.name}.data`` beside it, page-aligned."""
     onnx = require_onnx()
     tensors = [t for t in model_proto.graph.initializer if len(t.raw_data) >= 1024]
-    total = sum(len(t.raw_data) for t in tensors)
-    if total <= EXTERNAL_DATA_BYTES:
-        atomic_write_bytes(path, model_proto.SerializeToString())
-        return path.stat().st_size
-    data_path = path.with_name(path.name + ".data")
-    with atomic_file_path(data_path) as tmp, open(tmp, "wb") as f:
-        for tensor in tensors:
-            offset = -(-f.tell() // _ALIGN) * _ALIGN
-            f.write(b"\0" * (offset - f.tell()))
-            f.write(tensor.raw_data)
-            onnx.external_data_helper.set_external_data(
-                tensor, data_path.name, offset, len(tensor.raw_data)
-            )
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-    atomic_write_bytes(path, model_proto.SerializeToString())
-    return path.stat().st_size + data_path.stat().st_size
+    if sum(len(t.raw_data) for t in tensors) > EXTERNAL_DATA_BYTES:
+        data_path = path.with_name(path.name + ".data")
+        with open(data_path, "wb") as f:
+            for tensor in tensors:
+                offset = -(-f.tell() // _ALIGN) * _ALIGN
+                f.write(b"\0" * (offset - f.tell()))
+                f.write(tensor.raw_data)
+                onnx.external_data_helper.set_external_data(
+                    tensor, data_path.name, offset, len(tensor.raw_data)
+                )
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    path.write_bytes(model_proto.SerializeToString())
 
 
 def _has_int8_linear(model: nn.Module) -> bool:
@@ -175,23 +168,6 @@ def _float_layers(model: nn.Module) -> dict[str, str]:
     }
 
 
-def reference_kernels(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose weight-only QuantLinear layers run lowbit's reference kernel
-    (dequantize + float32 matmul): the arithmetic the exported MatMulNBits computes. The
-    fast aten kernels round activations to bf16 (~50 dB), which can flip a greedy token
-    where two logits nearly tie; the model given is left as it is."""
-    from lowbit.kernels import REFERENCE_NAME
-    from lowbit.nn import QuantLinear
-
-    copy_ = copy.deepcopy(model)
-    for name, module in list(copy_.named_modules()):
-        if isinstance(module, QuantLinear) and module.kernel_name != REFERENCE_NAME:
-            parent, _, child = name.rpartition(".")
-            swap = QuantLinear(module.weight, module.bias, mode=module.mode, kernel=REFERENCE_NAME)
-            setattr(copy_.get_submodule(parent) if parent else copy_, child, swap)
-    return copy_
-
-
 def verify_decoder(
     model: nn.Module, path: Path, prompts: list[torch.Tensor], *, steps: int = GREEDY_STEPS
 ) -> Verification:
@@ -203,7 +179,7 @@ def verify_decoder(
     onnx = require_onnx()
     onnx.checker.check_model(str(path))
     session = DecoderSession(path)
-    exact = reference_kernels(model)
+    exact = reference_copy(model) or model
     ids, mask = _left_pad(prompts)
     real = mask.bool()
     with torch.inference_mode():
@@ -237,9 +213,9 @@ def verify_decoder(
     )
     if differ or not rel <= PPL_TOLERANCE or not sqnr >= MIN_SQNR_DB:
         raise DecoderVerificationError(
-            f"the ONNX decoder written at {path} disagrees with the PyTorch model: {detail}. "
+            f"the ONNX decoder {path.name} disagrees with the PyTorch model: {detail}. "
             "Report this with the model and preset; export with verify=False (--no-verify) "
-            "to keep the file anyway"
+            "to write such a file anyway"
         )
     return Verification(sqnr_db=sqnr, max_abs_error=max_err, same_tokens=True, detail=detail)
 
@@ -275,41 +251,40 @@ def export_decoder(
     prompts = _prompts(example_inputs, vocab)
     model.eval()
 
-    def build(level: int | None) -> tuple[dict[str, int], int]:
+    def build(level: int | None, target: Path) -> dict[str, int]:
         with torch.inference_mode():
             proto = build_decoder(
                 model, opset=opset or 21, opset21_weights=standard, int8_cast=level is None
             )
         if level is not None:
             int8_accuracy_level(proto, level)
-        return dict(collections.Counter(n.op_type for n in proto.graph.node)), _write(proto, path)
+        _write(proto, target)
+        return dict(collections.Counter(n.op_type for n in proto.graph.node))
 
     # accuracy_level stays unset unless the agreement check passes with it. ORT 1.32's CPU
     # MatMulNBits has a fast 8-bit kernel only at level 4 (int8 inputs): with verify, 8-bit
     # layers try it; where it disagrees (or without verify), 8-bit per-row layers are
     # written as Cast + MatMul + Mul (exact, fp32 GEMM speed; decoder_weights.cast_matmul).
     fast8 = verify and not standard and _has_int8_linear(model)
-    op_counts, size = build(4 if fast8 else None)
     verification = None
-    if verify:
-        try:
-            verification = verify_decoder(model, path, prompts)
-        except DecoderVerificationError as err:
-            if not fast8:
-                raise
-            logger.info("8-bit MatMulNBits at accuracy_level 4 disagree (%s)", err)
-            op_counts, size = build(None)
-            verification = verify_decoder(model, path, prompts)
-            note = "8-bit layers: accuracy_level 4 disagreed, written as Cast+MatMul (exact)"
-            verification = dataclasses.replace(
-                verification, detail=f"{verification.detail}; {note}"
-            )
-        else:
-            if fast8:
+    with staged(path) as target:
+        op_counts = build(4 if fast8 else None, target)
+        if verify:
+            try:
+                verification = verify_decoder(model, target, prompts)
                 note = "8-bit layers: MatMulNBits accuracy_level 4 (int8 inputs) agreed"
+            except DecoderVerificationError as err:
+                if not fast8:
+                    raise
+                logger.info("8-bit MatMulNBits at accuracy_level 4 disagree (%s)", err)
+                op_counts = build(None, target)
+                verification = verify_decoder(model, target, prompts)
+                note = "8-bit layers: accuracy_level 4 disagreed, written as Cast+MatMul (exact)"
+            if fast8:
                 verification = dataclasses.replace(
                     verification, detail=f"{verification.detail}; {note}"
                 )
+        size = staged_bytes(target)
     return OnnxExportResult(
         path=path,
         kind="decoder",

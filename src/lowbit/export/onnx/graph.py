@@ -16,7 +16,6 @@ into place, so a graph that fails its check is never left at ``path``.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -26,19 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.atomic import clean_stale, scratch_folder
 from lowbit.errors import InvalidInputError
 from lowbit.export.onnx.api import OnnxExportResult, Verification
 from lowbit.export.onnx.runtime import require_onnx
+from lowbit.export.onnx.staging import EXTERNAL_DATA_BYTES, staged, staged_bytes
 from lowbit.export.onnx.verify import split_inputs, verify_graph
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 OPSETS = range(18, 24)
-# Above this the weights go to one external data file beside the .onnx (protobuf's 2 GB
-# limit on one message, with room for the graph itself).
-EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def _dynamic_shapes(args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -96,10 +92,6 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
-def _file_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
 def export_graph(
     model: nn.Module,
     example_inputs: Any,
@@ -140,16 +132,12 @@ def export_graph(
     path = Path(path)
     external = _nbytes(twin) > EXTERNAL_DATA_BYTES
     verification: Verification | None = None
-    with scratch_folder(path) as folder:
-        staged = folder / path.name
-        program.save(str(staged), external_data=external)
+    with staged(path) as target:
+        program.save(str(target), external_data=external)
         if verify:
-            verification = verify_graph(staged, model, example_inputs)
-        output_bytes = _file_bytes(folder)
-        counts = op_counts(staged)
-        clean_stale(path)
-        for item in sorted(folder.iterdir(), key=lambda p: p == staged):  # the .onnx last
-            os.replace(item, path.parent / item.name)
+            verification = verify_graph(target, model, example_inputs)
+        output_bytes = staged_bytes(target)
+        counts = op_counts(target)
     logger.info("wrote %s (%d bytes)", path, output_bytes)
     return OnnxExportResult(
         path=path,
