@@ -4,10 +4,14 @@ same fp32 decoder graph (so the graph structure is identical), and the fp32 grap
 Perplexity on the evaluation split (every file scored by the same lowbit protocol, ctx 512
 stride 512, on the same tokens) and batch-1 greedy decode tokens/s (2 threads, interleaved).
 
+One more row: llama.cpp Q4_0, the file llama-quantize makes from the bundled SmolLM2 GGUF.
+Its perplexity is lowbit's protocol on the same tokens (the file loaded by load_gguf, Q4_0
+codes bit for bit); its decode tokens/s is llama-completion's own timing (2 threads, median
+of --repeats runs), a different harness from the ORT rows, so that ratio is indicative.
+Skipped with a note when llama.cpp's tools are not built (`make llama-tools`).
+
     python benchmarks/bench_onnx_llm.py [--blocks 32 128] [--max-tokens 4096]
         [--calib-samples 32] [--decode-tokens 32] [--repeats 5] [--json]
-
-llama.cpp Q4_0 is not measured by this script (see the notes it prints).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import argparse
 import copy
 import logging
 import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +33,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _report import Report, markdown_table
 
@@ -33,12 +41,22 @@ import lowbit
 from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.eval.calibration import token_windows
 from lowbit.eval.latency import median_ratio, time_interleaved
+from lowbit.eval.perplexity import perplexity
 from lowbit.eval.text import calibration_text, evaluation_text
 from lowbit.export.onnx.decoder import export_decoder
 from lowbit.export.onnx.decoder_session import DecoderSession, generate_greedy, ort_perplexity
+from lowbit.io.gguf import load_gguf, read_gguf
 from lowbit.io.hf import load_model
+from lowbit.kernels import REFERENCE_NAME
+from lowbit_testkit.llama_cpp import llama_cpp_dir
 
-LLAMA_CPP = Path.home() / ".cache" / "lowbit" / "llama.cpp-0c1e570" / "bin"
+LLAMA_CPP = llama_cpp_dir() / "bin"  # `make llama-tools`, or $LOWBIT_LLAMA_CPP_DIR
+LLAMA_TOOLS = ("llama-quantize", "llama-completion")
+LLAMA_ROW = "llama.cpp Q4_0 (llama-completion timing)"
+PROMPT = "The quick brown fox"
+# llama_perf_context_print: "eval time = X ms / N runs (Y ms per token, Z tokens per second)";
+# the prompt's line counts "tokens", not "runs".
+EVAL_TIME = re.compile(r"eval time =\s*[0-9.]+ ms /\s*(\d+) runs.*?([0-9.]+) tokens per second")
 
 
 def ort_int4(fp32_path: Path, out: Path, block: int) -> None:
@@ -59,6 +77,92 @@ def untied(model: torch.nn.Module) -> torch.nn.Module:
     model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
     model.config.tie_word_embeddings = False
     return model
+
+
+def run_llama(tool: str, *args: str) -> str:
+    """Run a llama.cpp tool (its shared libraries beside it), stdout and stderr together;
+    raises with the output's tail when it fails."""
+    libs = os.pathsep.join(filter(None, [str(LLAMA_CPP), os.environ.get("LD_LIBRARY_PATH")]))
+    done = subprocess.run(
+        [str(LLAMA_CPP / tool), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "LD_LIBRARY_PATH": libs},
+    )
+    if done.returncode:
+        raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout + done.stderr
+
+
+def llama_q4_0(out: Path) -> None:
+    """llama.cpp's own Q4_0 file: llama-quantize requantizes the bundled Q4_1 GGUF, i.e. the
+    weights the fp32 rows are (that file dequantized)."""
+    run_llama("llama-quantize", "--allow-requantize", str(smollm2_gguf_path()), str(out), "q4_0")
+
+
+def gguf_types(path: Path) -> str:
+    """The file's tensor types with counts, naming the tensors of the rarer quantized types
+    (llama-quantize keeps token_embd at another type), e.g. "Q4_0 x210, F32 x61, Q8_0 x1
+    (token_embd.weight)"."""
+    by_type: dict[str, list[str]] = {}
+    for t in read_gguf(path).tensors:
+        by_type.setdefault(t.type.name, []).append(t.name)
+    return ", ".join(
+        f"{kind} x{len(names)}" + (f" ({', '.join(names)})" if len(names) < 4 else "")
+        for kind, names in sorted(by_type.items(), key=lambda item: -len(item[1]))
+    )
+
+
+def llama_decode_tps(path: Path, tokens: int) -> float:
+    """llama.cpp's decode speed as it measures it: tokens/s of llama-completion's eval-time
+    line (batch 1, 2 threads, greedy, EOS ignored; the tokens after the first, one per call,
+    prompt excluded)."""
+    out = run_llama(
+        "llama-completion", "-m", str(path), "-t", "2", "-n", str(tokens), "--temp", "0",
+        "-p", PROMPT, "-no-cnv", "--ignore-eos",
+    )  # fmt: skip
+    match = EVAL_TIME.search(out)
+    if match is None:
+        raise RuntimeError(f"no eval-time line in llama-completion's output: {out[-2000:]}")
+    return float(match[2])
+
+
+def llama_row(path: Path, eval_ids: torch.Tensor, tokens: int, repeats: int) -> dict:
+    """The llama.cpp Q4_0 row: perplexity of the file by lowbit's protocol on the ORT rows'
+    tokens (load_gguf keeps Q4_0 codes and scales bit for bit; the reference kernel computes
+    in fp32, as ORT's MatMulNBits does with accuracy_level unset), and the median of
+    ``repeats`` llama-completion decode speeds."""
+    result = perplexity(load_gguf(path, kernel=REFERENCE_NAME), eval_ids)
+    print(f"{LLAMA_ROW}: ppl {result.ppl:.3f}", file=sys.stderr, flush=True)
+    runs = [llama_decode_tps(path, tokens) for _ in range(repeats)]
+    return {
+        "model": LLAMA_ROW,
+        "block": 32,
+        "ppl": result.ppl,
+        "ppl_tokens": result.n_tokens,
+        "file_mb": path.stat().st_size / 1e6,
+        "decode_tps": statistics.median(runs),
+        "decode_tps_runs": runs,
+        "tensor_types": gguf_types(path),
+    }
+
+
+def vs_llama(rows: list[dict], llama: dict) -> str:
+    """Decode speed of the fastest lowbit row (among the GPTQ rows when there are any) over
+    llama.cpp Q4_0's."""
+    lowbit_rows = [r for r in rows if "algo" in r]
+    if not lowbit_rows:
+        return "no lowbit row measured"
+    best = max(
+        [r for r in lowbit_rows if r["algo"] == "gptq"] or lowbit_rows,
+        key=lambda r: r["decode_tps"],
+    )
+    return (
+        f"{best['model']} {best['decode_tps']:.1f} tok/s = "
+        f"{best['decode_tps'] / llama['decode_tps']:.2f}x llama.cpp Q4_0's "
+        f"{llama['decode_tps']:.1f}"
+    )
 
 
 def main() -> None:
@@ -85,7 +189,7 @@ def main() -> None:
     loaded = load_model(smollm2_gguf_path())
     model, tok = loaded.model, loaded.tokenizer
     eval_ids = tok(evaluation_text(), return_tensors="pt").input_ids[0][: args.max_tokens]
-    prompt = tok("The quick brown fox", return_tensors="pt").input_ids
+    prompt = tok(PROMPT, return_tensors="pt").input_ids
     calib = None
     if "gptq" in args.algos:
         calib = token_windows(
@@ -134,6 +238,14 @@ def main() -> None:
             for name, s in sessions.items()
         }
         samples = time_interleaved(cases, warmup=1, repeats=args.repeats, threads=2)
+        del sessions, cases
+        missing = [t for t in LLAMA_TOOLS if not (LLAMA_CPP / t).is_file()]
+        llama = None
+        if missing:
+            print(f"{LLAMA_ROW}: skipped, {', '.join(missing)} not built", file=sys.stderr)
+        else:
+            llama_q4_0(tmp / "q4_0.gguf")
+            llama = llama_row(tmp / "q4_0.gguf", eval_ids, args.decode_tokens, args.repeats)
     for row in rows:
         s = samples[row["model"]]
         row["decode_tps"] = args.decode_tokens / sorted(s)[len(s) // 2]
@@ -144,7 +256,7 @@ def main() -> None:
     report = Report(checks=[])
     base = rows[0]["ppl"]
     cells = []
-    for r in rows:
+    for r in rows + ([llama] if llama else []):
         ratio = ""
         if "decode_vs_ort" in r:
             med, lo, hi = r["decode_vs_ort"]
@@ -159,9 +271,10 @@ def main() -> None:
                 ratio,
             ]
         )
-    header = ["ONNX model", "perplexity", "vs fp32", "file MB", "decode tok/s", "vs ORT int4"]
-    text = markdown_table(header, cells, title="SmolLM2-135M int4 ONNX in ONNX Runtime")
-    report.add("smollm2_onnx", text, rows)
+    header = ["model", "perplexity", "vs fp32", "file MB", "decode tok/s", "vs ORT int4"]
+    title = "SmolLM2-135M int4: ONNX in ONNX Runtime, and llama.cpp Q4_0"
+    text = markdown_table(header, cells, title=title)
+    report.add("smollm2_onnx", text, rows + ([llama] if llama else []))
     by_name = {r["model"]: r for r in rows}
     for r in rows:
         if r.get("algo") != "gptq":
@@ -173,7 +286,21 @@ def main() -> None:
             f"{'PASS' if ok else 'FAIL'} {r['model']}: ppl {r['ppl']:.3f} < ORT g{r['block']} "
             f"{ort_row['ppl']:.3f} at decode speed {speed:.2f}x ORT's (>= 0.90)"
         )
-    llama = "present" if (LLAMA_CPP / "llama-perplexity").is_file() else "not built"
+    if llama:
+        llama_note = (
+            f"llama-quantize --allow-requantize of the bundled Q4_1 file to q4_0 "
+            f"({llama['tensor_types']}; head tied to token_embd); perplexity: the file by "
+            "lowbit.io.gguf.load_gguf (Q4_0 codes and scales bit for bit, reference kernel, "
+            "fp32 math; llama.cpp itself multiplies Q4_0 by Q8_0 activations), same tokens "
+            "and protocol as the ORT rows; decode: tokens per second of llama-completion's "
+            f"eval-time line (-t 2 -n {args.decode_tokens} --temp 0, prompt excluded, its own "
+            f"warm-up), median of {args.repeats} runs "
+            f"({', '.join(f'{x:.1f}' for x in llama['decode_tps_runs'])}); the ORT rows time "
+            "prompt + new tokens in an interleaved loop, so the two harnesses differ and "
+            f"ratios are indicative; {vs_llama(rows, llama)}; tools: {LLAMA_CPP}"
+        )
+    else:
+        llama_note = f"NOT RUN: {', '.join(missing)} not found in {LLAMA_CPP} (make llama-tools)"
     report.notes.update(
         {
             "command": report.command,
@@ -181,15 +308,16 @@ def main() -> None:
             f"512 ({rows[0]['ppl_tokens']} scored), lowbit.eval.perplexity on ORT logits",
             "calibration": f"GPTQ: {args.calib_samples} x {args.seq_len} tokens of the "
             "calibration split",
-            "decode": f"batch 1, {args.decode_tokens} new tokens after a 5-token prompt, "
-            f"2 intra-op threads, median of {args.repeats} interleaved rounds",
+            "decode": f"batch 1, {args.decode_tokens} new tokens after a "
+            f"{prompt.shape[1]}-token prompt, 2 intra-op threads, median of {args.repeats} "
+            "interleaved rounds",
             "ORT int4": "MatMulNBitsQuantizer defaults (asymmetric RTN, accuracy_level "
             "unset) on the fp32 decoder graph; embedding stays fp32, lm_head int4",
             "lowbit": "export_decoder with verify=True (greedy tokens and perplexity checked "
             "against lowbit's PyTorch model); embedding int8 per row; head int8: the preset's "
             "tied head (int8 per row, written as exact Cast+MatMul unless ORT's int8-input "
             "MatMulNBits agrees), head int4: lm_head untied and quantized like the layers",
-            "llama.cpp Q4_0": f"not measured by this script (tools {llama}: {LLAMA_CPP})",
+            "llama.cpp Q4_0": llama_note,
             "versions": f"torch {torch.__version__}, onnxruntime "
             f"{__import__('onnxruntime').__version__}, {time.strftime('%Y-%m-%d %H:%M')}",
         }
