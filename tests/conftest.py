@@ -19,3 +19,10 @@ if os.environ.get("CI"):
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _progress_env(monkeypatch) -> None:
+    """`lowbit quantize`/`demo` turn progress on through LOWBIT_PROGRESS for their own
+    process; run in-process by a test, that must not leak into the next test's stderr."""
+    monkeypatch.delenv("LOWBIT_PROGRESS", raising=False)
