@@ -51,6 +51,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_minilm.py
 	$(PY) benchmarks/bench_smollm2.py  # about 50 minutes: GPTQ, AWQ, SmoothQuant on 128 x 512 tokens
 	TORCHINDUCTOR_COMPILE_THREADS=1 $(PY) benchmarks/bench_decode_compile.py
+	$(PY) benchmarks/bench_onnx_cnn.py
+	$(PY) benchmarks/bench_onnx_minilm.py
+	$(PY) benchmarks/bench_onnx_llm.py  # GPTQ at g32 and g128: long
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
