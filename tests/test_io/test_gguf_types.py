@@ -1,9 +1,11 @@
-"""lowbit.io.gguf.types: llama-quantize's per-tensor type choice."""
+"""lowbit.io.gguf.types: llama-quantize's per-tensor type choice, and (slow) every TYPE's
+whole file byte-identical to llama-quantize's."""
 
 from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 
 from lowbit.errors import UnsupportedFormatError
@@ -77,18 +79,30 @@ def test_unknown_type_names_the_choices():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("file_type", list(FILE_TYPES))
-def test_types_equal_llama_quantizes_on_smollm2(file_type, tmp_path):
+def test_smollm2_rtn_export_is_llama_quantizes_file(file_type, tmp_path):
+    """Every TYPE: the same per-tensor types, the same bytes tensor by tensor, and the whole
+    file (header included) identical to llama-quantize's (no imatrix)."""
     gguf = pytest.importorskip("gguf")
     from lowbit.eval.bundled import smollm2_gguf_path
+    from lowbit.io.gguf.writer import write_gguf
     from lowbit_testkit.llama_cpp import tool
 
     src = smollm2_gguf_path()
-    ref = tmp_path / "ref.gguf"
+    ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
     subprocess.run([str(tool("llama-quantize")), "--allow-requantize", str(src), str(ref),
                     file_type.upper(), "2"], check=True, capture_output=True)  # fmt: skip
-    expected = [(t.name, t.tensor_type.name) for t in gguf.GGUFReader(ref).tensors]
+    theirs = gguf.GGUFReader(ref)
+    expected = [(t.name, t.tensor_type.name) for t in theirs.tensors]
     infos, types = plan_types(gguf.GGUFReader(src), file_type)
     assert [(i.name, t) for i, t in zip(infos, types, strict=True)] == expected
+    result = write_gguf(src, mine, file_type)
+    ours = gguf.GGUFReader(mine)
+    assert list(ours.fields) == list(theirs.fields)  # same KV keys, same order
+    for ta, tb in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (ta.name, ta.tensor_type) == (tb.name, tb.tensor_type)
+        assert np.asarray(ta.data).tobytes() == np.asarray(tb.data).tobytes(), ta.name
+    assert mine.read_bytes() == ref.read_bytes()
+    assert result.output_bytes == ref.stat().st_size
 
 
 def test_an_imatrix_changes_the_first_ffn_down_types():
