@@ -81,3 +81,54 @@ def test_minilm_recipe_export_prints_json(capsys, tmp_path):
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     outputs = session.run(None, {n: feeds[n].numpy() for n in names})
     assert outputs[0].shape == (3, 11, 384)
+
+
+def _tiny_bert_folder(folder):
+    """A 2-layer BertModel of hidden size 32 with MiniLM's tokenizer, saved as an HF folder."""
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    transformers.BertModel(config).eval().save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_path() / name).is_file():
+            shutil.copy(minilm_path() / name, folder / name)
+    return folder
+
+
+def test_skip_leaves_the_layers_onnx_cannot_express_in_float(capsys, tmp_path):
+    folder = _tiny_bert_folder(tmp_path / "bert")
+    out = tmp_path / "bert.onnx"
+    args = ["export", str(folder), "--format", "onnx", "--recipe", "nf4", "--out", str(out)]
+    capsys.readouterr()  # save_pretrained's own bar
+    fails_cleanly(capsys, args, "--skip NAME", tmp_path)
+    assert not out.exists()
+    main([*args, "--skip", "encoder.layer.*", "--skip", "pooler.dense", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert out.is_file() and doc["sqnr_db"] >= 30
+    assert "encoder.layer.0.attention.self.query" in doc["float_layers"]
+    assert "MatMulNBits" not in doc["op_counts"]
+
+
+def test_skip_is_refused_for_gguf(capsys, tmp_path):
+    args = ["export", str(minilm_path()), "--type", "q8_0", "--skip", "x",
+            "--out", str(tmp_path / "m.gguf")]  # fmt: skip
+    fails_cleanly(capsys, args, "--skip is for --format onnx", tmp_path)
+
+
+def test_a_causal_lm_folder_exports_as_a_decoder(capsys, tmp_path):
+    from lowbit_testkit.models import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "llama")
+    out = tmp_path / "llama.onnx"
+    main(["export", str(folder), "--format", "onnx", "--recipe", "w4a16-g32",
+          "--out", str(out), "--json"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert out.is_file() and doc["output_bytes"] == out.stat().st_size
+    assert doc["kind"] == "decoder" and doc["same_tokens"] is True
+    assert doc["op_counts"]["MatMulNBits"] == 2 * 7 + 1  # 7 linears per block, and lm_head
+    args = ["export", str(folder), "--format", "onnx", "--skip", "x", "--out", str(out)]
+    fails_cleanly(capsys, args, "skip= is not taken by the causal-LM decoder", tmp_path)

@@ -42,6 +42,13 @@ def export_model(
     verify: Annotated[
         bool, typer.Option(help="onnx/tflite: run the file and compare with lowbit's outputs.")
     ] = True,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="onnx: a layer name or pattern (fnmatch) to leave in float when ONNX cannot "
+            "express its format; repeat for several."
+        ),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="How values are chosen: rtn, or a calibrated method.")
     ] = "rtn",
@@ -66,7 +73,7 @@ def export_model(
         from lowbit.cli.export_onnx import export_onnx_command
 
         export_onnx_command(model, out, target=target, opset=opset, recipe=recipe,
-                            verify=verify, json=json)  # fmt: skip
+                            verify=verify, json=json, skip=tuple(skip or ()))  # fmt: skip
         return
     if format_ == "tflite":
         from lowbit.cli.export_tflite import export_tflite_command
@@ -75,6 +82,8 @@ def export_model(
         return
     if format_ != "gguf":
         raise InvalidInputError(f"--format {format_!r} is not supported; use gguf, onnx or tflite")
+    if skip:
+        raise InvalidInputError("--skip is for --format onnx; drop it for gguf")
     if type_ is None:
         raise InvalidInputError("--format gguf needs --type (q8_0, q4_0, q4_k_m, ..., f16)")
     from lowbit.export import export_gguf

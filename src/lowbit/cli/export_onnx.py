@@ -76,7 +76,7 @@ def _example_inputs(model: Any, tokenizer: Any) -> Any:
 
 def export_onnx_command(
     model: str, out: Path, *, target: str, opset: int | None, recipe: str | None,
-    verify: bool, json: bool,
+    verify: bool, json: bool, skip: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Load MODEL (quantizing it with ``recipe`` first if given), export, print the result."""
     from lowbit.export.onnx.api import TARGETS
@@ -99,7 +99,9 @@ def export_onnx_command(
         loaded, tokenizer = _load(model, recipe)
     inputs = _example_inputs(loaded, tokenizer)
     with status(f"exporting to {out}"):
-        result = export_onnx(loaded, inputs, out, target=target, opset=opset, verify=verify)
+        result = export_onnx(
+            loaded, inputs, out, target=target, opset=opset, verify=verify, skip=skip
+        )
     check = result.verification
     doc = {
         "model": model,

@@ -120,6 +120,12 @@ def _load_tokenizer(transformers: Any, source: str, **kwargs: Any) -> Any:
 
 
 def _from_pretrained(cls: Any, source: str, what: str, **kwargs: Any) -> nn.Module:
+    """cls.from_pretrained without transformers' weight-loading bar (lowbit reports its own
+    progress; a stray bar on stderr would break the one-line error contract)."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = cls.from_pretrained(source, **kwargs)
     except (ValueError, KeyError) as exc:
@@ -128,6 +134,9 @@ def _from_pretrained(cls: Any, source: str, what: str, **kwargs: Any) -> nn.Modu
             "architecture is supported by the installed transformers (pip install -U "
             "transformers) and that task matches the model"
         ) from exc
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 

@@ -87,13 +87,18 @@ def export_onnx(
         verify: run onnx.checker, then ONNX Runtime on ``example_inputs``, and compare with
             the PyTorch model (SQNR; greedy tokens for a decoder).
         skip: names (or fnmatch patterns) of layers to leave in float when the exporter
-            cannot express them.
+            cannot express them (module graphs; the causal-LM decoder refuses it).
     """
     if target not in TARGETS:
         raise InvalidInputError(f"target {target!r} is not one of {', '.join(TARGETS)}")
     if is_causal_lm(model):
         from lowbit.export.onnx.decoder import export_decoder
 
+        if skip:
+            raise InvalidInputError(
+                "skip= is not taken by the causal-LM decoder export; quantize the model with a "
+                "recipe that leaves those layers float (Recipe skip) instead"
+            )
         return export_decoder(
             model, example_inputs, Path(path), target=target, opset=opset, verify=verify
         )

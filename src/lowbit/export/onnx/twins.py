@@ -437,9 +437,9 @@ def export_copy(
         what = "; ".join(f"{name} ({why})" for name, why in problems.items())
         raise UnsupportedFormatError(
             f"ONNX cannot express {len(problems)} layer(s): {what}. Pass "
-            f"skip={tuple(problems)!r} to export_onnx to leave them in float (lowbit's "
-            "dequantized weights), or quantize them with an int8 or int4/int8 weight-only "
-            "preset"
+            f"skip={tuple(problems)!r} to export_onnx (lowbit export: --skip NAME) to leave "
+            "them in float (lowbit's dequantized weights), or quantize them with an int8 or "
+            "int4/int8 weight-only preset"
         )
     # deepcopy with the twins pre-placed in its memo: every other module is copied, the
     # lowbit modules are replaced, and ``model`` itself is untouched.
