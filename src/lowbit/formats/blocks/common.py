@@ -37,8 +37,10 @@ def roundf(v: torch.Tensor) -> torch.Tensor:
     1 - 2^-25 rounds to even, 1.0); a fraction < 1/2 is at most 1/2 - ulp(v), and the sum
     stays at most n + 1 - ulp(v) - 2^-25, below the float before n + 1 (the same ulp, as
     [n, n + 1) lies in one binade for n >= 1; below 1 the sum is at most 1 - 2^-24). Above
-    2^23 v is an integer and the addend is under half an ulp. Negative v mirrors this."""
-    return torch.trunc(v + torch.copysign(torch.tensor(_BELOW_HALF), v))
+    2^23 v is an integer and the addend is under half an ulp. Negative v mirrors this: v - c
+    is exactly -(|v| + c), so the result is computed as copysign(floor(|v| + c), v) (floor
+    equals trunc on the non-negative sum, and torch's CPU floor is ~10x faster than trunc)."""
+    return torch.floor(v.abs().add_(_BELOW_HALF)).copysign_(v)
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
