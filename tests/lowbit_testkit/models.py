@@ -19,10 +19,11 @@ def tiny_llama(**overrides):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).eval()
 
 
-def tiny_llama_folder(folder):
+def tiny_llama_folder(folder, **overrides):
     """A tiny llama Hugging Face folder with a Llama-2-style tokenizer.json (BPE with byte
     fallback, "▁" for spaces; no tokenizer.model) and llama3 RoPE scaling: the converter's
-    LlamaHfVocab and rope_freqs branches, which SmolLM2 does not take."""
+    LlamaHfVocab and rope_freqs branches, which SmolLM2 does not take. Keyword arguments
+    override LlamaConfig fields."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +41,8 @@ def tiny_llama_folder(folder):
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
-    model = tiny_llama(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, rope_parameters=rope)
+    model = tiny_llama(**{"vocab_size": len(vocab), "bos_token_id": 1, "eos_token_id": 2,
+                          "rope_parameters": rope, **overrides})  # fmt: skip
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -85,3 +85,25 @@ def test_bad_inputs_are_refused(layer) -> None:
         gptq_blocks(w, h[:256, :256], codec)
     with pytest.raises(InvalidSpecError, match="importance"):
         gptq_blocks(w, h, codec, importance="imatrix")
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q4_k", "q3_k"])
+def test_block_parameters_are_llama_cpps_imatrix_parameters(layer, name) -> None:
+    """GPTQ's static groups: the scales and mins are ggml's importance-weighted search on the
+    original weights (what llama-quantize --imatrix writes); only the codes are GPTQ's."""
+    _, w, h = layer
+    codec = get_block_codec(name)
+    raw = gptq_blocks(w, h, codec).view(N, -1, codec.type_size)
+    ggml = codec.quantize(w, torch.diagonal(h)).view(raw.shape)
+    assert torch.equal(codec.grid(raw).scale, codec.grid(ggml).scale)
+    assert torch.equal(codec.grid(raw).offset, codec.grid(ggml).offset)
+    assert not torch.equal(raw, ggml)
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q3_k"])
+def test_act_order_lowers_the_output_error(layer, name) -> None:
+    x, w, h = layer
+    codec = get_block_codec(name)
+    ordered = _output_error(x, w, codec, gptq_blocks(w, h, codec))
+    natural = _output_error(x, w, codec, gptq_blocks(w, h, codec, act_order=False))
+    assert ordered < natural

@@ -89,3 +89,22 @@ def test_a_hugging_face_folder_exports_with_a_calibrated_method(tmp_path, method
     assert not outside  # token_embd, output_norm: as llama-quantize rounds them
     if method != "awq":  # AWQ folds its scales into the norms (float replacements)
         assert all(n.endswith(".weight") and "norm" not in n for n in changed)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "imatrix"])
+def test_calibrated_methods_plan_types_as_llama_quantize_with_an_imatrix(tmp_path, method) -> None:
+    """llama-quantize given an imatrix stores ffn_down of the first n_layer/8 layers as Q4_1 in
+    a q4_0 file; every calibrated method takes that plan, rtn the one without an imatrix."""
+    pytest.importorskip("transformers")
+    from lowbit.export import export_gguf
+    from lowbit.io.gguf.reader import read_gguf
+    from lowbit_testkit.models import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "llama", num_hidden_layers=8)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    result = export_gguf(folder, tmp_path / "m.gguf", "q4_0", method=method, calib=calib,
+                         seq_len=16, calib_windows=2)  # fmt: skip
+    types = {t.name: t.type.name for t in read_gguf(result.path).tensors}
+    assert types["blk.0.ffn_down.weight"] == ("Q4_0" if method == "rtn" else "Q4_1")
+    assert types["blk.1.ffn_down.weight"] == "Q4_0"

@@ -7,16 +7,20 @@ GGUF type (lowbit.formats.blocks) in place of lowbit's affine groups:
 1. Dead inputs, dampening and the inverse-Hessian Cholesky factor are those of
    :mod:`lowbit.algorithms.gptq` (``inverse_cholesky``: λ = damp · mean(diag H), raised
    when H + λI is not positive definite).
-2. The columns are walked in the type's blocks (32 columns for q4_0/q5_0/q8_0/iq4_nl, 256
-   for the k-quants). When a block's first column is reached, the codec chooses that
-   block's parameters (scales, mins, sub-block scales) from the current, error-updated
-   weights of the block's columns: ``codec.quantize(W[:, j:j+bs], importance)``, ggml's own
-   search, so the parameters are what llama-quantize would write for those weights. With
-   ``importance="hessian"`` the search is weighted by diag(H) on the block's columns, which
-   is llama.cpp's imatrix up to a constant factor (the imatrix is mean x², diag(H) = 2/n Σ x²).
-3. Each column is rounded to the nearest value of that grid (``BlockGrid.nearest``) and its
-   error e = (w_j − q_j) / U_jj is subtracted from the later columns as e · U_j,j+1:, with
-   lazy batch updates over whole blocks.
+2. Every block's parameters (scales, mins, sub-block scales) are chosen once, before any
+   column is rounded, by ggml's own search on the original weights:
+   ``codec.quantize(W, importance)``, so they are what llama-quantize writes for this tensor.
+   With ``importance="hessian"`` the search is weighted by diag(H), which is llama.cpp's
+   imatrix up to a constant factor (the imatrix is mean x², diag(H) = 2/n Σ x²). These are
+   GPTQ's "static groups" (the reference code's ``--static-groups``): the grids are fixed,
+   so the columns can be walked in any order.
+3. The columns are walked in decreasing diag(H) ("act order", the reference code's
+   ``--act-order``): the columns with the largest inputs are rounded first, while the most
+   columns are left to absorb their error. On SmolLM2 at q4_0 this is what makes GPTQ beat
+   llama.cpp's imatrix file; in the natural order it does not (docs/benchmarks.md).
+   Each column is rounded to the nearest value of its block's grid (``BlockGrid.nearest``)
+   and its error e = (w_j − q_j) / U_jj is subtracted from the later columns as e · U_j,j+1:,
+   with lazy batch updates.
 4. The codes are written back into the codec's bytes with the parameters kept
    (``with_codes``), so the output is valid blocks of the type and dequantizes to exactly the
    values GPTQ used when it measured its errors.
@@ -29,13 +33,13 @@ import torch
 from lowbit.algorithms.gptq import check_hessian, inverse_cholesky
 from lowbit.algorithms.rtn import check_weight
 from lowbit.errors import InvalidSpecError
-from lowbit.formats.blocks import BlockCodec
+from lowbit.formats.blocks import BlockCodec, BlockGrid
 from lowbit.formats.checks import check_finite
 
 __all__ = ["BLOCK_IMPORTANCE", "gptq_blocks"]
 
 BLOCK_IMPORTANCE = ("hessian", "none")  # what weights the codec's parameter search
-_LAZY_COLUMNS = 256  # columns per lazy batch update (rounded to whole codec blocks)
+_LAZY_COLUMNS = 128  # columns per lazy batch update
 
 
 def gptq_blocks(
@@ -45,6 +49,7 @@ def gptq_blocks(
     *,
     damp: float = 0.01,
     importance: str = "hessian",
+    act_order: bool = True,
 ) -> torch.Tensor:
     """Quantize a Linear weight with GPTQ into ``codec``'s blocks (module docstring).
 
@@ -54,8 +59,9 @@ def gptq_blocks(
         hessian: (K, K), 2/n·XᵀX of the layer's inputs (HessianObserver). Not modified.
         codec: the GGUF block type (``lowbit.formats.blocks.get_block_codec("q4_k")``).
         damp: dampening as a fraction of mean(diag H).
-        importance: "hessian" (block parameters searched with diag(H) of the block's
-            columns as ggml's imatrix weights) or "none" (ggml's unweighted search).
+        importance: "hessian" (block parameters searched with diag(H) as ggml's imatrix
+            weights) or "none" (ggml's unweighted search).
+        act_order: walk the columns in decreasing diag(H) (True) or in their own order.
 
     Returns:
         uint8 (N, K // block_size * type_size): ggml's bytes of the type, row by row.
@@ -74,33 +80,31 @@ def gptq_blocks(
     dead = torch.diagonal(h) == 0
     torch.diagonal(h)[dead] = 1.0
     w[:, dead] = 0.0
-    imp = torch.diagonal(h).to(torch.float32).clone() if importance == "hessian" else None
-    hinv = inverse_cholesky(h, damp).to(torch.float32)
+    diag = torch.diagonal(h).to(torch.float32).clone()
+    raw = codec.quantize(w, diag if importance == "hessian" else None)
+    raw = raw.view(n, k // codec.block_size, codec.type_size)
+    grid = codec.grid(raw)
+    order = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k)
+    scale = grid.scale.reshape(n, k)[:, order]
+    offset = grid.offset.reshape(n, k)[:, order]
+    w = w[:, order]
+    hinv = inverse_cholesky(h[order][:, order], damp).to(torch.float32)
     del h
 
-    bs, ts = codec.block_size, codec.type_size
-    lazy = bs * max(1, _LAZY_COLUMNS // bs)
-    out = torch.empty(n, k // bs, ts, dtype=torch.uint8)
-    for i1 in range(0, k, lazy):
-        i2 = min(i1 + lazy, k)
+    codes = torch.empty(n, k, dtype=torch.int32)
+    for i1 in range(0, k, _LAZY_COLUMNS):
+        i2 = min(i1 + _LAZY_COLUMNS, k)
         w1 = w[:, i1:i2]  # a view: updates inside the batch land in w
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        for j in range(0, i2 - i1, bs):
-            cols = slice(i1 + j, i1 + j + bs)
-            raw = codec.quantize(w1[:, j : j + bs], None if imp is None else imp[cols])
-            raw = raw.view(n, 1, ts)
-            grid = codec.grid(raw)
-            codes = torch.empty(n, 1, bs, dtype=torch.int32)
-            for c in range(bs):
-                i = j + c
-                g = grid.sliced(slice(c, c + 1))
-                col = w1[:, i : i + 1].view(n, 1, 1)
-                q = g.nearest(col)
-                codes[:, :, c : c + 1] = q
-                e = (col - g.values(q)).view(n, 1) / hinv1[i, i]
-                w1[:, i:] -= e @ hinv1[i : i + 1, i:]
-                err1[:, i : i + 1] = e
-            out[:, (i1 + j) // bs] = codec.with_codes(raw, codes).view(n, ts)
+        for i in range(i2 - i1):
+            c = slice(i1 + i, i1 + i + 1)
+            column = BlockGrid(scale[:, c], offset[:, c], grid.levels, grid.code_min)
+            q = column.nearest(w1[:, i : i + 1])
+            codes[:, c] = q
+            e = (w1[:, i : i + 1] - column.values(q)) / hinv1[i, i]
+            w1[:, i:] -= e @ hinv1[i : i + 1, i:]
+            err1[:, i : i + 1] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return out.reshape(n, -1)
+    codes = codes[:, torch.argsort(order)].view(n, -1, codec.block_size)
+    return codec.with_codes(raw, codes).reshape(n, -1)

@@ -152,7 +152,8 @@ def export_gguf(
 
     # a Hugging Face folder is read as the converter's F32 file (source stays the folder, so
     # float_model loads it with transformers)
-    has_imatrix = method == "imatrix"  # llama-quantize's type rules given an imatrix
+    # every calibrated method plans as llama-quantize given an imatrix (docs/decisions.md)
+    has_imatrix = method != "rtn"
     with gguf_source(model, out) as src:
         infos, types = plan_types(open_source(src), file_type, has_imatrix=has_imatrix)
         job = GGUFExportJob(

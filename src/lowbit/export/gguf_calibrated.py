@@ -8,8 +8,9 @@ quantized. Only the storage differs from lowbit's own formats (:class:`CodecLaye
 Linear is encoded in its planned ggml type, and its float weight is replaced by what those
 bytes dequantize to, which later blocks then see.
 
-* gptq: ``algorithms.gptq_blocks`` (Frantar et al. 2022) in the type's grid, block
-  parameters chosen by ggml's own search weighted by diag(H) of the block's columns.
+* gptq: ``algorithms.gptq_blocks`` (Frantar et al. 2022) in the type's grid: the block
+  parameters llama-quantize --imatrix would write (ggml's search weighted by diag(H)), the
+  codes chosen by GPTQ with the columns in decreasing diag(H) (act order).
 * awq: AWQ's per-input-channel scales (Lin et al. 2023, ``algorithms.transforms.awq``)
   searched with the codec's round trip as the quantizer, folded exactly into the op before:
   the RMSNorm weights (attn_norm, ffn_norm, written as float replacements) and up_proj's
