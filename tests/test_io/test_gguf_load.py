@@ -151,6 +151,15 @@ def test_logits_equal_transformers_gguf_loading(tiny: Path) -> None:
     torch.testing.assert_close(fast, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
 
 
+def test_loading_a_gguf_with_transformers_draws_no_bar(tiny: Path, capfd) -> None:
+    """transformers' GGUF loader draws a tqdm bar its progress switch does not reach; lowbit
+    keeps it off stderr (a failing command prints one line)."""
+    from lowbit.io.hf import load_model
+
+    load_model(tiny, task="causal-lm")
+    assert "Converting" not in capfd.readouterr().err
+
+
 @pytest.mark.slow
 def test_smollm2_logits_equal_transformers_gguf_loading() -> None:
     from lowbit.eval.bundled import smollm2_gguf_path

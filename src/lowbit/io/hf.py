@@ -17,9 +17,11 @@ imported only when a model is loaded.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+from contextlib import nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -111,8 +113,9 @@ def _load_tokenizer(transformers: Any, source: str, **kwargs: Any) -> Any:
         return None
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, ImportError) as exc:
-        # A folder of weights alone (no tokenizer files) is still usable with token ids.
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        # A folder of weights alone (no tokenizer files) is still usable with token ids;
+        # KeyError: transformers' GGUF vocabulary reader on a vocabulary without scores.
         logger.warning(
             "no tokenizer loaded from %s (%s); pass token ids instead of text", source, exc
         )
@@ -120,14 +123,18 @@ def _load_tokenizer(transformers: Any, source: str, **kwargs: Any) -> Any:
 
 
 def _from_pretrained(cls: Any, source: str, what: str, **kwargs: Any) -> nn.Module:
-    """cls.from_pretrained without transformers' weight-loading bar (lowbit reports its own
-    progress; a stray bar on stderr would break the one-line error contract)."""
+    """cls.from_pretrained without transformers' weight-loading bars (lowbit reports its own
+    progress; a stray bar on stderr would break the one-line error contract). The GGUF
+    loader's bar ("Converting and de-quantizing GGUF tensors") is a plain tqdm that the
+    progress switch does not reach, so stderr is set aside while a GGUF file loads."""
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    quiet = redirect_stderr(io.StringIO()) if "gguf_file" in kwargs else nullcontext()
     try:
-        model = cls.from_pretrained(source, **kwargs)
+        with quiet:
+            model = cls.from_pretrained(source, **kwargs)
     except (ValueError, KeyError) as exc:
         raise UnsupportedFormatError(
             f"transformers cannot load {what} ({type(exc).__name__}: {exc}); check that the "
