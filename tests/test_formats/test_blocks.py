@@ -74,10 +74,11 @@ def test_bad_shapes_are_refused() -> None:
         codec.dequantize(torch.zeros(2, 10, dtype=torch.uint8), 256)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c-if-built", "torch"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_golden_rtn(golden, name: str) -> None:
+def test_golden_rtn(golden, name: str, native: bool) -> None:
     codec = BLOCK_TYPES[name]
-    q = codec.quantize(torch.from_numpy(golden["x"])).numpy()
+    q = codec.quantize(torch.from_numpy(golden["x"]), native=native).numpy()
     assert q.dtype == np.uint8
     np.testing.assert_array_equal(q, golden[f"{name}.q"])
 

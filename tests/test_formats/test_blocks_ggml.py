@@ -84,12 +84,13 @@ def _check(name: str, ours: np.ndarray, ref: np.ndarray) -> None:
     assert frac >= floor, f"{name}: {frac:.6%} of blocks identical to ggml (need {floor:.2%})"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c-if-built", "torch"])
 @pytest.mark.parametrize("model", sorted(WEIGHTS))
 @pytest.mark.parametrize("name", TYPES)
-def test_rtn_matches_ggml(model: str, name: str) -> None:
+def test_rtn_matches_ggml(model: str, name: str, native: bool) -> None:
     x = WEIGHTS[model]()
     codec = BLOCK_TYPES[name]
-    ours = codec.quantize(torch.from_numpy(x)).numpy()
+    ours = codec.quantize(torch.from_numpy(x), native=native).numpy()
     _check(name, ours, ggml_ref.quantize_chunk(codec.ggml_type, x))
     if name in LEGACY:  # second oracle: gguf-py's numpy port
         ref = gguf.quants.quantize(x, gguf.GGMLQuantizationType(codec.ggml_type))

@@ -8,12 +8,12 @@ numbers, so a missing compiler costs speed, never results.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from functools import cache
 
 import torch
 
 from lowbit.errors import InvalidInputError
+from lowbit.extensions import load_extension
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -22,12 +22,8 @@ _INT = ctypes.c_int
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("lowbit.kernels._rowquant")
-    if spec is None or spec.origin is None:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+    lib = load_extension("lowbit.kernels._rowquant")
+    if lib is None:
         return None
     lib.lowbit_quantize_rows_int8.restype = _I64
     lib.lowbit_quantize_rows_int8.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]

@@ -63,6 +63,7 @@ class IQ4NLCodec(BlockCodec):
 
     name, ggml_type, block_size, type_size = "iq4_nl", int(_T.IQ4_NL), 32, 18
     ntry = 7
+    native_rtn = False  # torch is faster here (docs/decisions.md, "GGUF RTN in C")
 
     def _quantize_blocks(self, blocks):
         return self._impl(blocks, blocks * blocks, self.ntry)

@@ -55,6 +55,7 @@ class Q80Codec(BlockCodec):
     an imatrix, so importance changes nothing)."""
 
     name, ggml_type, block_size, type_size = "q8_0", int(_T.Q8_0), QK, 34
+    native_rtn = False  # torch is faster here (docs/decisions.md, "GGUF RTN in C")
 
     def _quantize_blocks(self, blocks):
         d = blocks.abs().amax(dim=-1, keepdim=True) / 127
@@ -180,6 +181,7 @@ class Q40Codec(_SymNibble):
     """block_q4_0: fp16 d, qs[16] (element j low nibble, j+16 high nibble)."""
 
     name, ggml_type, block_size, type_size, bits = "q4_0", int(_T.Q4_0), QK, 18, 4
+    native_rtn = False  # torch is faster here (docs/decisions.md, "GGUF RTN in C")
 
     def encode(self, codes, d, m=None):
         """codes (rows, nb, 32) in 0..15, d (rows, nb) -> bytes (rows, nb, 18)."""
@@ -193,6 +195,7 @@ class Q41Codec(_AsymNibble):
     """block_q4_1: fp16 d, fp16 m, qs[16]."""
 
     name, ggml_type, block_size, type_size, bits = "q4_1", int(_T.Q4_1), QK, 20, 4
+    native_rtn = False  # torch is faster here (docs/decisions.md, "GGUF RTN in C")
 
     def encode(self, codes, d, m=None):
         """codes (rows, nb, 32) in 0..15, d and m (rows, nb) -> bytes (rows, nb, 20)."""

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -53,12 +54,15 @@ def encode_tensor(
     llama-quantize with an imatrix); F32/F16/BF16 through gguf-py's casts (ggml's rounding).
     Returns: uint8 array (rows, bytes per row), the bytes llama-quantize writes.
     """
-    # writable: torch warns on read-only arrays (an F32 source's memory map)
-    data = np.require(weight, dtype=np.float32, requirements=["C", "W"])
+    data = np.require(weight, dtype=np.float32, requirements=["C"])
     rows = data.reshape(-1, data.shape[-1]) if data.ndim else data.reshape(1, 1)
     if type_name.lower() in BLOCK_TYPES:
         codec = get_block_codec(type_name)
-        return codec.quantize(torch.from_numpy(rows), importance).numpy()
+        with warnings.catch_warnings():
+            # an F32 source's memory map is read-only, and the codecs only read it: no copy
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.from_numpy(rows)
+        return codec.quantize(x, importance).numpy()
     if type_name.upper() not in _FLOAT_TYPES:
         raise UnsupportedFormatError(
             f"GGUF type {type_name} has no encoder; known: {', '.join(_FLOAT_TYPES)} and "
