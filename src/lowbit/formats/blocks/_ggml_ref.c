@@ -6,7 +6,10 @@
  * quantize_row_{q5_0,q5_1,q2_K,q3_K,q4_K,q5_K,q6_K}_ref, nearest_int, make_qx_quants,
  * make_q3_quants, make_qkx2_quants and get_scale_min_k4; only `GGML_RESTRICT` became
  * `restrict`, the `_ref` functions became static, and the HAVE_BUGGY_APPLE_LINKER branches
- * were dropped. The block structs
+ * were dropped, except in two places marked "lowbit:": the candidate searches of
+ * make_qx_quants and make_qkx2_quants (where the k-quants spend their time) compute all
+ * candidates at once, one SIMD lane each, with each candidate's float operations and
+ * summation order unchanged, and choose in ggml's order, so the bytes stay ggml's. The block structs
  * and the fp16 conversions are ggml-common.h's and ggml-impl.h's, written out without
  * their unions. llama-quantize without an imatrix calls exactly these (ggml_quantize_chunk
  * -> quantize_<type> with quant_weights == NULL -> quantize_row_<type>_ref). Q8_0, Q4_0,
@@ -280,25 +283,33 @@ static float make_qx_quants(int n, int nmax, const float * restrict x, int8_t * 
     float scale = suml2 ? sumlx/suml2 : 0.0f;
     if (return_early) return suml2 > 0 ? 0.5f*(scale + 1/iscale) : 1/iscale;
     float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) {
-            continue;
-        }
-        iscale = -(nmax + 0.1f*is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * x[i]);
+    /* lowbit: the 18 candidates' sums at once, one SIMD lane per candidate (each candidate's
+     * arithmetic and summation order are ggml's), then ggml's choice in ggml's order. */
+    enum { QX_CANDIDATES = 18 };
+    float isc[QX_CANDIDATES], slx[QX_CANDIDATES], sl2[QX_CANDIDATES];
+    for (int c = 0; c < QX_CANDIDATES; ++c) {
+        const int is = c < 9 ? c - 9 : c - 8; /* -9..-1, 1..9 */
+        isc[c] = -(nmax + 0.1f*is) / max;
+        slx[c] = sl2[c] = 0;
+    }
+    for (int i = 0; i < n; ++i) {
+        const float xi = x[i];
+        const float w = qw ? qw[i] : rmse_type == 1 ? x[i] * x[i] : rmse_type == 2 ? 1 : rmse_type == 3 ? fabsf(x[i]) : sqrtf(fabsf(x[i]));
+        const float wx = w*xi;
+        for (int c = 0; c < QX_CANDIDATES; ++c) {
+            int l = nearest_int(isc[c] * xi);
             l = MAX(-nmax, MIN(nmax-1, l));
-            float w = qw ? qw[i] : rmse_type == 1 ? x[i] * x[i] : rmse_type == 2 ? 1 : rmse_type == 3 ? fabsf(x[i]) : sqrtf(fabsf(x[i]));
-            sumlx += w*x[i]*l;
-            suml2 += w*l*l;
+            slx[c] += wx*l;
+            sl2[c] += w*l*l;
         }
-        if (suml2 > 0 && sumlx*sumlx > best*suml2) {
+    }
+    for (int c = 0; c < QX_CANDIDATES; ++c) {
+        if (sl2[c] > 0 && slx[c]*slx[c] > best*sl2[c]) {
             for (int i = 0; i < n; ++i) {
-                int l = nearest_int(iscale * x[i]);
+                int l = nearest_int(isc[c] * x[i]);
                 L[i] = nmax + MAX(-nmax, MIN(nmax-1, l));
             }
-            scale = sumlx/suml2; best = scale*sumlx;
+            scale = slx[c]/sl2[c]; best = scale*slx[c];
         }
     }
     return scale;
@@ -398,42 +409,76 @@ static float make_qkx2_quants(int n, int nmax, const float * restrict x, const f
         *the_min = -min;
         return scale;
     }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta*is + nmax)/(max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    /* lowbit: the candidates' sums and errors at once, one SIMD lane per candidate (each
+     * candidate's arithmetic and summation order are ggml's), then ggml's choice in ggml's
+     * order. A chosen candidate that moves `min` changes the later candidates (their scale
+     * and offset use it), so those are computed again from there. */
+    enum { QKX2_MAX_N = 32, QKX2_MAX_CANDIDATES = 24 };
+    assert(n <= QKX2_MAX_N && nstep < QKX2_MAX_CANDIDATES);
+    (void)Laux;
+    const int nc = nstep + 1;
+    float lf[QKX2_MAX_N][QKX2_MAX_CANDIDATES];
+    float isc[QKX2_MAX_CANDIDATES], sum_l[QKX2_MAX_CANDIDATES], sum_l2[QKX2_MAX_CANDIDATES];
+    float sum_xl[QKX2_MAX_CANDIDATES], this_scale[QKX2_MAX_CANDIDATES];
+    float this_min[QKX2_MAX_CANDIDATES], cur_error[QKX2_MAX_CANDIDATES];
+    int start = 0;
+    while (start < nc) {
+        for (int is = start; is < nc; ++is) {
+            isc[is] = (rmin + rdelta*is + nmax)/(max - min);
+            sum_l[is] = sum_l2[is] = sum_xl[is] = cur_error[is] = 0;
+        }
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale*(x[i] - min));
-            l = MAX(0, MIN(nmax, l));
-            Laux[i] = l;
-            float w = weights[i];
-            sum_l += w*l;
-            sum_l2 += w*l*l;
-            sum_xl += w*l*x[i];
+            const float xm = x[i] - min;
+            const float xi = x[i];
+            const float w = weights[i];
+            for (int is = start; is < nc; ++is) {
+                int l = nearest_int(isc[is]*xm);
+                l = MAX(0, MIN(nmax, l));
+                lf[i][is] = l;
+                sum_l[is] += w*l;
+                sum_l2[is] += w*l*l;
+                sum_xl[is] += w*l*xi;
+            }
         }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
-            float this_min   = (sum_l2 * sum_x - sum_l * sum_xl)/D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float cur_error = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = use_mad ? fabsf(diff) : diff * diff;
-                float w = weights[i];
-                cur_error += w * diff;
-            }
-            if (cur_error < best_error) {
-                for (int i = 0; i < n; ++i) {
-                    L[i] = Laux[i];
+        for (int is = start; is < nc; ++is) {
+            const float D = sum_w * sum_l2[is] - sum_l[is] * sum_l[is];
+            this_scale[is] = this_min[is] = 0;
+            if (D > 0) {
+                this_scale[is] = (sum_w * sum_xl[is] - sum_x * sum_l[is])/D;
+                this_min[is]   = (sum_l2[is] * sum_x - sum_l[is] * sum_xl[is])/D;
+                if (this_min[is] > 0) {
+                    this_min[is] = 0;
+                    this_scale[is] = sum_xl[is] / sum_l2[is];
                 }
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
             }
         }
+        for (int i = 0; i < n; ++i) {
+            const float xi = x[i];
+            const float w = weights[i];
+            for (int is = start; is < nc; ++is) {
+                float diff = this_scale[is] * lf[i][is] + this_min[is] - xi;
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                cur_error[is] += w * diff;
+            }
+        }
+        int next = nc;
+        for (int is = start; is < nc; ++is) {
+            const float D = sum_w * sum_l2[is] - sum_l[is] * sum_l[is];
+            if (D > 0 && cur_error[is] < best_error) {
+                for (int i = 0; i < n; ++i) {
+                    L[i] = (uint8_t)lf[i][is];
+                }
+                best_error = cur_error[is];
+                scale = this_scale[is];
+                const bool moved = this_min[is] != min;
+                min = this_min[is];
+                if (moved) {
+                    next = is + 1;
+                    break;
+                }
+            }
+        }
+        start = next;
     }
     *the_min = -min;
     return scale;
