@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -101,6 +101,13 @@ def _check_records(path: Path, manifest: dict[str, Any]) -> None:
         for r in files.values()
     ):
         raise _damaged(path, "'files' is not an object of sha256 and byte counts")
+    for name in files:
+        parts = PurePosixPath(name).parts
+        if not name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts:
+            raise InvalidInputError(
+                f"{path} names the file {name!r}, which is not inside the save folder (an "
+                f"absolute path or '..'); lowbit reads nothing outside it: {_SAVE_AGAIN}"
+            )
     if not isinstance(tensors, dict) or not all(
         isinstance(r, dict) and isinstance(r.get("dtype"), str) and isinstance(r.get("shape"), list)
         for r in tensors.values()
@@ -117,6 +124,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             unknown module class.
     """
     path = Path(folder) / MANIFEST
+    check_no_link(Path(folder), path)
     if not path.is_file():
         raise InvalidInputError(
             f"{folder} is not a lowbit save folder (no {MANIFEST}); save one with lowbit.save"
@@ -164,6 +172,7 @@ def verify_files(
             )
     for name, record in manifest["files"].items():
         path = folder / name
+        check_no_link(folder, path)
         if not path.is_file():
             raise InvalidInputError(f"{path} is missing from the save folder; {_SAVE_AGAIN}")
         if path.stat().st_size != record["bytes"] or _sha256(path) != record["sha256"]:
@@ -171,6 +180,19 @@ def verify_files(
                 f"{path} has changed since it was saved (its size or sha256 differs from "
                 f"{MANIFEST}); {_SAVE_AGAIN}"
             )
+
+
+def check_no_link(folder: Path, path: Path) -> None:
+    """Refuse ``path`` (inside ``folder``) when it or a folder between them is a symbolic
+    link: a save folder holds its own files, and lowbit reads nothing a link points to."""
+    at = path
+    while at != folder and at != at.parent:
+        if at.is_symlink():
+            raise InvalidInputError(
+                f"{path} is a symbolic link (or lies under one); a save folder holds its own "
+                f"files and lowbit follows no link out of it: {_SAVE_AGAIN}"
+            )
+        at = at.parent
 
 
 DIGEST_KEY = "lowbit_manifest_sha256"  # in the weights file's safetensors metadata

@@ -42,6 +42,7 @@ from lowbit.io.manifest import (
     MANIFEST,
     QUANT_MODULES,
     WEIGHTS,
+    check_no_link,
     content_digest,
     file_records,
     read_manifest,
@@ -282,6 +283,7 @@ def load(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module
             "lowbit.load(folder, MyModel())"
         )
     weights = folder / WEIGHTS
+    check_no_link(folder, weights)
     if not weights.is_file():
         raise InvalidInputError(f"{weights} is missing; restore the folder or save the model again")
     header = read_safetensors_header(weights)  # sizes checked against the bytes on disk
