@@ -244,6 +244,8 @@ def _check_architecture(
             raise _mismatch(folder, f"it has no module {name!r}") from None
         weight = getattr(module, "weight", None)
         saved = entry["metadata"].get("weight") or {}
+        if not isinstance(saved, dict):
+            raise _mismatch(folder, f"the manifest's weight entry of {name!r} is not an object")
         if isinstance(weight, torch.Tensor) and list(weight.shape) != saved.get("shape"):
             raise _mismatch(
                 folder, f"{name}.weight is {tuple(weight.shape)}, saved {saved.get('shape')}"
