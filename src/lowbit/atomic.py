@@ -28,6 +28,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from lowbit.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
@@ -146,6 +148,28 @@ def _replace_folder(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of a writer's own error that quotes it (safetensors' Rust
+    writer raises SafetensorError "... I/O error: File too large (os error 27)")."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _raise_if_out_of_space(exc: BaseException, dest: Path) -> None:
+    """A write that ran out of disk space or quota becomes one clear error (the caller has
+    already removed its temporary output, so ``dest`` is as it was)."""
+    if isinstance(exc, Exception) and _errno(exc) in _NO_SPACE:
+        raise InvalidInputError(
+            f"not enough disk space to write {dest} ({os.strerror(_errno(exc))}); {dest} is "
+            "unchanged: free some space (or raise the quota) or write to another disk"
+        ) from exc
+
+
 @contextlib.contextmanager
 def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``dest``; when the block ends without an
@@ -160,8 +184,9 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _finish_tree(tmp)
         _replace_folder(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_out_of_space(exc, dest)
         raise
 
 
@@ -178,8 +203,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _raise_if_out_of_space(exc, path)
         raise
     _fsync(path.parent)
     return path
@@ -205,8 +231,9 @@ def atomic_file_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _raise_if_out_of_space(exc, dest)
         raise
     _fsync(dest.parent)
 
@@ -224,5 +251,8 @@ def scratch_folder(dest: str | os.PathLike) -> Iterator[Path]:
     os.mkdir(tmp, 0o700)
     try:
         yield tmp
+    except BaseException as exc:
+        _raise_if_out_of_space(exc, dest)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
