@@ -12,7 +12,6 @@ of each case per command).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import resource
@@ -25,22 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from lowbit_testkit.digests import output_digests
 from lowbit_testkit.models import tiny_llama_folder
 
 pytestmark = pytest.mark.slow
 
 TRIALS = int(os.environ.get("LOWBIT_KILL_TRIALS", "3"))
 RUN = "import sys\nfrom lowbit.cli.main import main\nmain(sys.argv[1:])"
-
-
-def _state(dest: Path) -> dict[str, str] | None:
-    """sha256 of the destination's files (None when there is none)."""
-    if dest.is_file():
-        return {"": hashlib.sha256(dest.read_bytes()).hexdigest()}
-    if dest.is_dir():
-        return {str(p.relative_to(dest)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(dest.rglob("*")) if p.is_file()}  # fmt: skip
-    return None
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -70,7 +60,7 @@ def outputs(tmp_path_factory) -> dict[str, dict]:
         for key, args in (("complete", command), ("previous", other)):
             done[key] = root / key / name
             assert _run([*args, "--out", str(done[key])]).returncode == 0
-        assert _state(done["complete"]) != _state(done["previous"])
+        assert output_digests(done["complete"]) != output_digests(done["previous"])
         result[name] = {"command": command, **done}
     return result
 
@@ -93,7 +83,7 @@ def test_sigkill_leaves_nothing_partial(tmp_path: Path, outputs, name: str) -> N
     out = outputs[name]
     dest = tmp_path / name
     command = [*out["command"], "--out", str(dest)]
-    complete, previous = _state(out["complete"]), _state(out["previous"])
+    complete, previous = output_digests(out["complete"]), output_digests(out["previous"])
     rng = random.Random(name)
     full_s = None
     outcomes = []
@@ -113,13 +103,13 @@ def test_sigkill_leaves_nothing_partial(tmp_path: Path, outputs, name: str) -> N
             time.sleep(rng.uniform(0.2, 1.05) * full_s)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        state = _state(dest)
+        state = output_digests(dest)
         allowed = (previous if overwrite else None, complete)
         assert state in allowed, f"trial {trial}: partial output after a kill: {state}"
         outcomes.append(("old" if overwrite else "none") if state != complete else "complete")
     print(f"{name}: {TRIALS} trials: {outcomes}")
     assert _run(command).returncode == 0
-    assert _state(dest) == complete
+    assert output_digests(dest) == complete
     assert _temporaries(dest) == [], "a killed run's temporary files outlived the next run"
 
 
@@ -138,5 +128,5 @@ def test_out_of_space_is_one_clear_error_and_changes_nothing(tmp_path: Path, out
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]  # after the progress lines
     assert last.startswith("error: not enough disk space"), run.stderr[-2000:]
-    assert _state(dest) == _state(out["previous"])
+    assert output_digests(dest) == output_digests(out["previous"])
     assert _temporaries(dest) == []

@@ -5,13 +5,13 @@ Two thread counts cover reruns too: a rerun is the same computation with the sam
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from lowbit.cli.main import main
+from lowbit_testkit.digests import output_digests
 from lowbit_testkit.models import tiny_llama_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::lowbit.errors.LowbitWarning")]
@@ -34,14 +34,6 @@ def calib(tmp_path_factory) -> Path:
     return path
 
 
-def _digests(out: Path) -> dict[str, str]:
-    """sha256 of every file of an output (a file, or a folder's files by relative name)."""
-    if out.is_file():
-        return {out.name: hashlib.sha256(out.read_bytes()).hexdigest()}
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 def _run_twice(tmp_path: Path, args: list[str], name: str) -> None:
     before = torch.get_num_threads()
     digests = []
@@ -51,7 +43,7 @@ def _run_twice(tmp_path: Path, args: list[str], name: str) -> None:
             out = tmp_path / f"t{threads}" / name
             out.parent.mkdir()
             main([*args, "--out", str(out)])
-            digests.append(_digests(out))
+            digests.append(output_digests(out))
     finally:
         torch.set_num_threads(before)
     assert digests[0] == digests[1]
@@ -66,7 +58,7 @@ def test_quantize_is_byte_identical(tmp_path: Path, folder: Path, recipe: str) -
     for threads in (1, 2):
         out = tmp_path / f"t{threads}"
         main([*args, str(threads), "--out", str(out)])
-        digests.append(_digests(out))
+        digests.append(output_digests(out))
     torch.set_num_threads(before)
     assert digests[0] == digests[1]
 
@@ -108,7 +100,7 @@ def test_cnn_onnx_and_tflite_are_byte_identical(tmp_path: Path) -> None:
             torch.set_num_threads(threads)
             onnx = lowbit.export_onnx(static, x, tmp_path / f"t{threads}.onnx").path
             tflite = lowbit.export_tflite(static, x, tmp_path / f"t{threads}.tflite").path
-            digests.append((_digests(onnx)[onnx.name], _digests(tflite)[tflite.name]))
+            digests.append((output_digests(onnx)[onnx.name], output_digests(tflite)[tflite.name]))
     finally:
         torch.set_num_threads(before)
     assert digests[0] == digests[1]
