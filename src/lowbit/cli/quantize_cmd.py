@@ -108,6 +108,7 @@ def quantize_model(
     import lowbit
     from lowbit.eval.calibration import token_windows
     from lowbit.io.hf import load_model
+    from lowbit.observers.processes import join_from_environment, leave, rank
     from lowbit.progress import status
     from lowbit.recipes import describe
 
@@ -120,8 +121,14 @@ def quantize_model(
     batches = None
     if checked.text is not None:
         batches = token_windows(loaded.tokenizer, checked.text, samples=samples, seq_len=seq_len)
+    several = join_from_environment()  # under torchrun: calibration is split over processes
     qmodel = lowbit.quantize(loaded.model, checked.recipe, calib_data=batches)
     seconds = time.perf_counter() - started
+    if several:
+        writer = rank() == 0
+        leave()
+        if not writer:
+            return  # every process holds the same model; the first one writes it
     folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")

@@ -66,6 +66,7 @@ class ChannelStatsObserver(Observer):
         self._sample: torch.Tensor | None = None
         self._sample_keys: torch.Tensor | None = None
         self._sample_index: torch.Tensor | None = None
+        self._sample_dropped = False
 
     def _init_kwargs(self) -> dict:
         return {"axis": self.axis, "sample_rows": self.sample_rows, "seed": self.seed}
@@ -102,6 +103,26 @@ class ChannelStatsObserver(Observer):
             rows, keys, index = rows[keep], keys[keep], index[keep]
         self._sample, self._sample_keys, self._sample_index = rows.clone(), keys, index
 
+    def combine_processes(self) -> None:
+        """Combine the statistics over every torch.distributed process (sums and row counts
+        added, extremes taken); nothing without such a group. The row sample cannot be
+        combined (its row numbers are per process), so it is dropped: ``sample`` then raises.
+        """
+        from lowbit.observers.processes import all_reduce_, sum_count, world_size
+
+        if world_size() == 1:
+            return
+        self._require_data()
+        assert self._sum_abs is not None and self._max_abs is not None
+        assert self._min is not None and self._max is not None
+        all_reduce_(self._sum_abs, "sum")
+        all_reduce_(self._max_abs, "max")
+        all_reduce_(self._min, "min")
+        all_reduce_(self._max, "max")
+        self.num_rows = sum_count(self.num_rows)
+        self._sample = self._sample_keys = self._sample_index = None
+        self._sample_dropped = True
+
     def _clip_range(self, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._max_abs is not None and self._min is not None and self._max is not None
         if symmetric:
@@ -131,5 +152,10 @@ class ChannelStatsObserver(Observer):
                 "this ChannelStatsObserver keeps no row sample; create it with sample_rows=N"
             )
         self._require_data()
+        if self._sample_dropped:
+            raise InvalidInputError(
+                "the row sample was dropped when the statistics were combined across "
+                "processes; algorithms that need it (AWQ) run in one process"
+            )
         assert self._sample is not None and self._sample_index is not None
         return self._sample[torch.argsort(self._sample_index)]

@@ -101,6 +101,22 @@ class HessianObserver:
         self.num_samples += rows.shape[0]
         self.num_batches += 1
 
+    def combine_processes(self) -> None:
+        """Sum Σ xᵀx and the sample count over every torch.distributed process (each has
+        observed its share of the calibration data); nothing without such a group."""
+        from lowbit.observers.processes import all_reduce_, sum_count, world_size
+
+        if world_size() == 1:
+            return
+        if self._sum is None:
+            raise InvalidInputError(
+                "this process observed no calibration data: give at least as many batches "
+                "as processes"
+            )
+        all_reduce_(self._sum, "sum")
+        self.num_samples = sum_count(self.num_samples)
+        self.num_batches = sum_count(self.num_batches)
+
     def hessian(self) -> torch.Tensor:
         """H = 2/n · Σ xᵀx, a (K, K) tensor of ``dtype`` (a new tensor; safe to modify)."""
         if self._sum is None:

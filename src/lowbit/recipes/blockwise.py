@@ -198,6 +198,8 @@ def _scale_groups(
     stats = _collect(
         block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
     )
+    for obs in stats.values():
+        obs.combine_processes()  # several processes: each saw its share of the data
     scales = {}
     for source, users in groups:
         spec, obs = specs[users[0]], stats[users[0]]
@@ -256,6 +258,8 @@ def _hessians(block, inputs, linears, specs) -> dict[str, torch.Tensor]:
     from lowbit.observers.hessian import HessianObserver
 
     observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
+    for obs in observers.values():
+        obs.combine_processes()  # several processes: each saw its share of the data
     return {name: observers[name].hessian() for name in gptq_layers}
 
 

@@ -245,6 +245,30 @@ def keep_int8_between_layers(model: nn.Module, example: Any) -> str:
     )
 
 
+def shard_batches(batches: list[Any], plan: list[PlanEntry]) -> list[Any]:
+    """This process's share of the calibration batches when torch.distributed runs several
+    (batch i goes to process i mod N; the statistics are combined per layer, see
+    observers/processes.py); all of them otherwise. Only GPTQ and SmoothQuant combine
+    exactly what they read: AWQ's search needs one row sample of all the data."""
+    from lowbit.observers.processes import rank, world_size
+
+    n = world_size()
+    if n == 1:
+        return batches
+    unsupported = sorted({e.spec.algorithm for e in plan} - {"gptq", "smoothquant", "rtn"})
+    if unsupported:
+        raise InvalidSpecError(
+            f"{', '.join(unsupported)} cannot spread calibration over processes (it searches "
+            "on a sample of all the data); run it in one process, without torchrun"
+        )
+    if len(batches) < n:
+        raise InvalidInputError(
+            f"{len(batches)} calibration batches for {n} processes: give at least one per "
+            "process (--samples)"
+        )
+    return batches[rank() :: n]
+
+
 def _quantize_calibrated_blocks(
     model: nn.Module, plan: list[PlanEntry], calib_data: Iterable[Any] | None
 ) -> None:
@@ -254,7 +278,7 @@ def _quantize_calibrated_blocks(
     from lowbit.recipes.blocks import find_blocks
     from lowbit.recipes.blockwise import quantize_blockwise
 
-    batches = collect_batches(calib_data)
+    batches = shard_batches(collect_batches(calib_data), plan)
     prefix, _ = find_blocks(model)
     inside = {e.name: e.spec for e in plan if e.name.startswith(prefix + ".")}
     quantize_blockwise(model, inside, batches)

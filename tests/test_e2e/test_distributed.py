@@ -1,0 +1,62 @@
+"""Calibration spread over processes (issue 15): `torchrun --nproc-per-node 2 -m
+lowbit.cli.main quantize ...` splits the calibration windows over two processes (gloo),
+combines GPTQ's Hessians and SmoothQuant's channel maxima, and writes what one process
+writes. Measured equal here byte for byte; the documented tolerance is float summation
+order (docs/decisions.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowbit.cli.main import main
+from lowbit_testkit.models import tiny_llama_folder
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::lowbit.errors.LowbitWarning")]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tiny_llama_folder(tmp_path_factory.mktemp("dist") / "llama", hidden_size=64,
+                             intermediate_size=128)  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["w4a16-g32-gptq", "w8a8-smoothquant"])
+def test_two_processes_write_what_one_writes(tmp_path: Path, folder: Path, recipe: str):
+    args = ["quantize", str(folder), "--recipe", recipe, "--samples", "8", "--seq-len", "32",
+            "--threads", "1"]  # fmt: skip
+    before = torch.get_num_threads()
+    main([*args, "--out", str(tmp_path / "one")])
+    torch.set_num_threads(before)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "lowbit.cli.main", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.equal(one[key], two[key]), key
+
+
+def test_awq_and_too_few_batches_are_refused_across_processes(monkeypatch) -> None:
+    import lowbit
+    from lowbit.errors import InvalidInputError, InvalidSpecError
+    from lowbit.observers import processes
+    from lowbit_testkit.models import tiny_llama
+
+    monkeypatch.setattr(processes, "world_size", lambda: 2)
+    monkeypatch.setattr(processes, "rank", lambda: 1)
+    model = tiny_llama()
+    batches = [torch.randint(0, 96, (1, 16)) for _ in range(3)]
+    with pytest.raises(InvalidSpecError, match="run it in one process"):
+        lowbit.quantize(model, "w4a16-g32-awq", calib_data=batches)
+    with pytest.raises(InvalidInputError, match="at least one per process"):
+        lowbit.quantize(model, "w4a16-g32-gptq", calib_data=batches[:1])
