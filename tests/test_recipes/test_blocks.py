@@ -114,6 +114,32 @@ def test_folded_scales_leave_the_float_block_unchanged(preset: str) -> None:
         torch.testing.assert_close(hidden(call), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_gptq_hessians_do_not_depend_on_the_order_of_the_batches() -> None:
+    """GPTQ amplifies last-bit differences of H, so the H it gets must be the same for any
+    order of the calibration batches (reordered, or split over processes): float32 sums of
+    these batches differ with the order, the pipeline's float64 sums rounded once do not."""
+    from lowbit.observers import HessianObserver
+    from lowbit.recipes.blockwise import _hessians
+
+    block, inputs = first_block_inputs(tiny_llama(), n=12)
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    specs = dict.fromkeys(linears, get_recipe("w4a16-g32-gptq").spec)
+    forward = _hessians(block, inputs, linears, specs)
+    backward = _hessians(block, inputs[::-1], linears, specs)
+    for name in linears:
+        assert forward[name].dtype == torch.float32
+        assert torch.equal(forward[name], backward[name]), name
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(64, 32, generator=g) * torch.logspace(-2, 2, 32) for _ in range(12)]
+    sums = []
+    for order in (rows, rows[::-1]):
+        obs = HessianObserver(dtype=torch.float32)
+        for x in order:
+            obs.observe(x)
+        sums.append(obs.hessian())
+    assert not torch.equal(*sums)  # what float32 sums would have given
+
+
 @pytest.mark.parametrize(
     "preset", ["w4a16-g32-gptq", "w4a16-g32-awq", "w8a8-smoothquant", "w3a16-g32-asym-gptq"]
 )

@@ -167,6 +167,36 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model, _load_tokenizer(transformers, str(folder)), kind, "hf-folder")
 
 
+def load_skeleton(folder: Path, task: Task = "auto") -> LoadedModel:
+    """The model of a Hugging Face folder with its parameters on the meta device (no weight
+    read or allocated; buffers such as rotary tables are real) and its tokenizer: the frame
+    that lowbit.streaming fills one block at a time from the folder's safetensors."""
+    if not (folder / "config.json").is_file():
+        raise InvalidInputError(
+            f"{folder} has no config.json; streaming needs a Hugging Face model folder "
+            "(config.json + safetensors)"
+        )
+    for file in folder_safetensors(folder):
+        read_safetensors_header(file)
+    kind = _kind(_folder_architectures(folder), task, str(folder))
+    transformers = require("transformers", "hf")
+    accelerate = require("accelerate", "hf")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+        with accelerate.init_empty_weights(include_buffers=False):
+            model = _auto_class(transformers, kind).from_config(config, dtype=torch.float32)
+        # from_pretrained ties after loading; inside init_empty_weights a tie would register
+        # a new empty parameter instead of sharing
+        model.tie_weights()
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedFormatError(
+            f"transformers cannot build the model of {folder} ({type(exc).__name__}: {exc}); "
+            "check that the installed transformers supports its architecture"
+        ) from exc
+    model.config.dtype = torch.float32  # as from_pretrained(dtype=float32) records it
+    return LoadedModel(model.eval(), _load_tokenizer(transformers, str(folder)), kind, "hf-folder")
+
+
 def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:
     """A folder written by ``lowbit quantize`` / ``lowbit.save`` of a transformers model (its
     tokenizer saved beside it)."""

@@ -83,6 +83,14 @@ def read_safetensors_header(path: Path) -> list[tuple[str, str, tuple[int, ...]]
     Raises:
         InvalidInputError: the file is truncated, or its header is damaged or lies.
     """
+    return [(name, dtype, shape) for name, dtype, shape, _ in read_safetensors_entries(path)[0]]
+
+
+def read_safetensors_entries(
+    path: Path,
+) -> tuple[list[tuple[str, str, tuple[int, ...], tuple[int, int]]], int]:
+    """As read_safetensors_header, with each tensor's byte range in the data section, and
+    where that section starts in the file."""
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -119,7 +127,7 @@ def read_safetensors_header(path: Path) -> list[tuple[str, str, tuple[int, ...]]
         raise _damaged(
             path, f"its tensors cover {covered} of the {data_len} data bytes", "safetensors"
         )
-    return [(name, dtype, shape) for name, dtype, shape, _ in tensors]
+    return tensors, 8 + n
 
 
 def _header_entry(

@@ -50,6 +50,7 @@ from lowbit.io.manifest import (
     verify_content,
     verify_files,
 )
+from lowbit.io.safetensors_stream import SafetensorsStreamWriter
 from lowbit.nn import cast_model
 from lowbit.nn.replace import set_module
 from lowbit.tensors.base import storage_key
@@ -107,45 +108,99 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
     folder (the source model, say) is refused rather than deleted.
     """
     folder = check_output_folder(folder)
-    entries = _structure(model)
-    quantized: list[tuple[str, torch.Tensor]] = []
-    for name, entry in entries.items():
-        if entry["class"] == "Identity":
-            continue
-        module_tensors, metadata = model.get_submodule(name).to_state()
-        entry["metadata"] = metadata
-        quantized += [(f"q.{name}.{key}", t) for key, t in module_tensors.items()]
-    # tied weights (an LM head sharing the embedding table) are stored once
-    tensors, tied = _store_once(quantized)
-    quantized_names = [n for n, e in entries.items() if e["class"] != "Identity"]
-    floats, aliases = _store_once(
-        (k, t) for k, t in model.state_dict().items() if not _inside(k, quantized_names)
-    )
-    tensors.update({f"f.{key}": t for key, t in floats.items()})
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "lowbit_version": lowbit.__version__,
+    with atomic_folder(folder) as tmp:
+        writer = SaveWriter(tmp)
+        writer.add(model)
+        writer.finish(model_fields(model), tokenizer=tokenizer)
+    return folder
+
+
+def model_fields(model: nn.Module) -> dict[str, Any]:
+    """The manifest fields a quantized model carries: its recipe, float layers, cast dtype
+    and (transformers models) architecture."""
+    return {
         "recipe": getattr(model, "lowbit_recipe", None),
         "float_layers": getattr(model, "lowbit_float_layers", None),
         "cast_dtype": getattr(model, "lowbit_cast_dtype", None),
-        "modules": entries,
-        "aliases": aliases,
-        "tied": tied,
         "transformers": _transformers_architecture(model),
     }
-    with atomic_folder(folder) as tmp:
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+class SaveWriter:
+    """A save folder written part by part into ``tmp`` (an atomic folder's temporary
+    folder): ``add`` the model, or its parts one at a time (lowbit.streaming adds a
+    transformer block, then frees it), then ``finish`` once. Only the tensors' offsets are
+    kept, so the memory is one part's, and the folder is the same whatever the parts."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.weights = SafetensorsStreamWriter(tmp / WEIGHTS)
+        self.modules: dict[str, dict[str, Any]] = {}
+        self.aliases: dict[str, str] = {}
+        self.tied: dict[str, str] = {}
+
+    def add(self, model: nn.Module, prefix: str = "") -> None:
+        """Write the tensors of ``model``, which is called ``prefix`` in the whole model
+        ("" for the whole model). A tensor shared inside ``model`` is written once; sharing
+        between two ``add`` calls is not seen (lowbit.streaming refuses such models)."""
+        entries = _structure(model)
+        quantized: list[tuple[str, torch.Tensor]] = []
+        for name, entry in entries.items():
+            if entry["class"] == "Identity":
+                continue
+            module_tensors, metadata = model.get_submodule(name).to_state()
+            entry["metadata"] = metadata
+            full = _join(prefix, name)
+            quantized += [(f"q.{full}.{key}", t) for key, t in module_tensors.items()]
+        # tied weights (an LM head sharing the embedding table) are stored once
+        tensors, tied = _store_once(quantized)
+        quantized_names = [n for n, e in entries.items() if e["class"] != "Identity"]
+        floats, aliases = _store_once(
+            (_join(prefix, k), t)
+            for k, t in model.state_dict().items()
+            if not _inside(k, quantized_names)
+        )
+        tensors.update({f"f.{key}": t for key, t in floats.items()})
+        for key, tensor in tensors.items():
+            self.weights.add(key, tensor)
+        self.modules.update({_join(prefix, n): e for n, e in entries.items()})
+        self.aliases.update(aliases)
+        self.tied.update(tied)
+
+    def finish(
+        self, fields: dict[str, Any], *, tokenizer: Any = None, order: list[str] | None = None
+    ) -> None:
+        """Write model.safetensors, the tokenizer and, last, the manifest (a folder with one
+        is complete). ``fields``: model_fields(); ``order``: the whole model's module names,
+        the order of the manifest's entries when parts were added out of order."""
+        modules = self.modules
+        if order is not None:
+            rank = {name: i for i, name in enumerate(order)}
+            modules = dict(sorted(modules.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "lowbit_version": lowbit.__version__,
+            "recipe": fields["recipe"],
+            "float_layers": fields["float_layers"],
+            "cast_dtype": fields["cast_dtype"],
+            "modules": modules,
+            "aliases": self.aliases,
+            "tied": self.tied,
+            "transformers": fields["transformers"],
+        }
         # one metadata key: safetensors writes several in a varying order, and the same
         # model must give the same bytes on every save
-        metadata = {DIGEST_KEY: content_digest(manifest)}
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
+        self.weights.close({DIGEST_KEY: content_digest(manifest)})
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        manifest["files"] = file_records(tmp)
-        manifest["tensors"] = tensor_records(read_safetensors_header(tmp / WEIGHTS))
-        # the manifest last: a folder with one is complete
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return folder
+            tokenizer.save_pretrained(str(self.tmp))
+        manifest["files"] = file_records(self.tmp)
+        manifest["tensors"] = tensor_records(read_safetensors_header(self.tmp / WEIGHTS))
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def _store_once(

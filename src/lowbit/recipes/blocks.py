@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -116,17 +116,57 @@ def next_call(call: Call, hidden: torch.Tensor) -> Call:
     return Call((), {**call.kwargs, "hidden_states": hidden})
 
 
-BlockStep = Callable[[str, nn.Module, list[Call]], None]
+BlockStep = Callable[[str, nn.Module, Sequence[Call]], None]
 
 
-def calibrate_blocks(model: nn.Module, batches: list[Any], step: BlockStep) -> list[Call]:
+class BlockSource(Protocol):
+    """Where calibrate_blocks gets each block and keeps the activations between blocks.
+    In memory (the default) a block is the model's own and the activations a list;
+    lowbit.streaming reads each block's weights from disk, writes and frees it when done,
+    and may keep activations on disk."""
+
+    def capture(self, model: nn.Module, block: nn.Module, batches: list[Any]) -> list[Call]: ...
+
+    def load(self, index: int, block: nn.Module) -> nn.Module: ...
+
+    def done(self, index: int, block: nn.Module) -> None: ...
+
+    def keep(self, calls: Iterable[Call]) -> Sequence[Call]: ...
+
+
+class InMemoryBlocks:
+    """The model's blocks as they are; activations in a list."""
+
+    def capture(self, model: nn.Module, block: nn.Module, batches: list[Any]) -> list[Call]:
+        return capture_inputs(model, block, batches)
+
+    def load(self, index: int, block: nn.Module) -> nn.Module:
+        return block
+
+    def done(self, index: int, block: nn.Module) -> None:
+        return None
+
+    def keep(self, calls: Iterable[Call]) -> Sequence[Call]:
+        return list(calls)
+
+
+def calibrate_blocks(
+    model: nn.Module,
+    batches: list[Any] | None,
+    step: BlockStep,
+    source: BlockSource | None = None,
+) -> Sequence[Call]:
     """Run ``step(name, block, inputs)`` on every block in order (it observes and quantizes
     the block in place), feeding each block the outputs of the already processed ones.
-    Returns the inputs the model's head receives after the last block."""
+    ``batches`` None: nothing to calibrate, ``step`` gets no inputs. Returns the inputs the
+    model's head receives after the last block."""
+    source = source if source is not None else InMemoryBlocks()
     prefix, blocks = find_blocks(model)
-    inputs = capture_inputs(model, blocks[0], batches)
+    inputs = source.keep(source.capture(model, blocks[0], batches) if batches is not None else [])
     with torch.no_grad():
-        for i, block in enumerate(track(blocks, "quantizing blocks", total=len(blocks))):
+        for i in track(range(len(blocks)), "quantizing blocks", total=len(blocks)):
+            block = source.load(i, blocks[i])
             step(f"{prefix}.{i}", block, inputs)
-            inputs = [next_call(call, block_output(block, call)) for call in inputs]
+            inputs = source.keep(next_call(call, block_output(block, call)) for call in inputs)
+            source.done(i, block)
     return inputs

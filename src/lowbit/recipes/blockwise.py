@@ -5,6 +5,7 @@ transform, quantize, replace, move on."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -67,7 +68,7 @@ def scale_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]
 
 
 def _collect(
-    block: nn.Module, inputs: list[Call], linears: dict[str, nn.Linear], make: Any
+    block: nn.Module, inputs: Sequence[Call], linears: dict[str, nn.Linear], make: Any
 ) -> dict[str, Any]:
     """Run the block on every cached input with an observer on each Linear's input."""
     observers = {name: make(module) for name, module in linears.items()}
@@ -140,7 +141,7 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
     block with their spec's algorithm, stored by ``layers`` (default: QuantLinear)."""
     store = layers if layers is not None else QuantLinearLayers()
 
-    def step(block_name: str, block: nn.Module, inputs: list[Call]) -> None:
+    def step(block_name: str, block: nn.Module, inputs: Sequence[Call]) -> None:
         linears = {
             n: m
             for n, m in block.named_modules()
@@ -257,10 +258,13 @@ def _hessians(block, inputs, linears, specs) -> dict[str, torch.Tensor]:
         return {}
     from lowbit.observers.hessian import HessianObserver
 
-    observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver())
+    # float64 sums: GPTQ amplifies last-bit differences of H, and float32 sums differ with
+    # the order of the batches (reordered or split over processes); float64 sums rounded
+    # once to float32 give the same H for any order (docs/decisions.md, issue 15).
+    observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver(dtype=torch.float64))
     for obs in observers.values():
         obs.combine_processes()  # several processes: each saw its share of the data
-    return {name: observers[name].hessian() for name in gptq_layers}
+    return {name: observers[name].hessian().float() for name in gptq_layers}
 
 
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> Any:

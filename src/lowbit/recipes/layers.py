@@ -87,12 +87,13 @@ def _reason(model: nn.Module, name: str, module: nn.Module, recipe: Recipe | Non
     return f"unsupported: no quantized {type(module).__name__} ({QUANTIZABLE})"
 
 
-def float_layers(model: nn.Module, recipe: Recipe | None) -> dict[str, str]:
+def float_layers(model: nn.Module, recipe: Recipe | None, within: str = "") -> dict[str, str]:
     """{module name ("(root)" for the model itself): why it is float} for every module of
-    ``model`` that holds its own parameters (a quantized model's float parts, or the float
-    parts a recipe would leave)."""
+    ``model`` (or of its submodule ``within``) that holds its own parameters (a quantized
+    model's float parts, or the float parts a recipe would leave)."""
     reasons = {}
-    for name, module in model.named_modules():
+    for local, module in model.get_submodule(within).named_modules():
+        name = f"{within}.{local}" if within and local else within or local
         if next(module.parameters(recurse=False), None) is not None:
             reasons[name or "(root)"] = _reason(model, name, module, recipe)
     return reasons

@@ -76,7 +76,7 @@ class PlanEntry:
 def plan_layers(model: nn.Module, recipe: Recipe) -> list[PlanEntry]:
     """Linear/Conv2d modules (or fused pairs) the recipe quantizes, in model order; the
     root itself when the model is a bare Linear or Conv2d (its name is ""). A Linear tied to
-    an embedding table is not planned: it follows the table (``_quantize_embeddings``)."""
+    an embedding table is not planned: it follows the table (``quantize_embeddings``)."""
     modules = dict(model.named_modules())
     inner = {
         f"{n}.0" for n, m in modules.items() if isinstance(m, nn.Sequential) and fused_parts(m)
@@ -275,13 +275,27 @@ def _quantize_calibrated_blocks(
     """GPTQ / AWQ / SmoothQuant: block-wise calibration of the Linear layers inside the
     model's transformer blocks. Layers outside the blocks (the LM head, a pooler) are
     quantized with round-to-nearest, as GPTQ and AWQ tools do."""
-    from lowbit.recipes.blocks import find_blocks
     from lowbit.recipes.blockwise import quantize_blockwise
 
     batches = shard_batches(collect_batches(calib_data), plan)
-    prefix, _ = find_blocks(model)
-    inside = {e.name: e.spec for e in plan if e.name.startswith(prefix + ".")}
+    inside = block_plan(model, plan)
     quantize_blockwise(model, inside, batches)
+    quantize_outside_blocks(model, plan, inside)
+
+
+def block_plan(model: nn.Module, plan: list[PlanEntry]) -> dict[str, QuantSpec]:
+    """The planned layers inside the model's transformer blocks, by name."""
+    from lowbit.recipes.blocks import find_blocks
+
+    prefix, _ = find_blocks(model)
+    return {e.name: e.spec for e in plan if e.name.startswith(prefix + ".")}
+
+
+def quantize_outside_blocks(
+    model: nn.Module, plan: list[PlanEntry], inside: dict[str, QuantSpec]
+) -> None:
+    """Round-to-nearest for the planned layers outside the blocks (an LM head, a pooler),
+    as GPTQ and AWQ tools do."""
     for entry in plan:
         if entry.name not in inside:
             rtn = QuantSpec(entry.spec.weight, entry.spec.activation)
@@ -323,7 +337,7 @@ def quantize(
         raise no_layer_error(qmodel, recipe)
     if any(e.spec.algorithm != "rtn" for e in plan):
         _quantize_calibrated_blocks(qmodel, plan, calib_data)
-        _quantize_embeddings(qmodel, recipe)
+        quantize_embeddings(qmodel, recipe)
         return _finish(qmodel, recipe)
     static = any(e.spec.activation.mode == "static" for e in plan)
     calibrated: dict[str, dict[str, QParams]] = {}
@@ -352,7 +366,7 @@ def quantize(
             set_module(qmodel, name, quant_add)
     if static:
         qmodel.lowbit_notes = [keep_int8_between_layers(qmodel, batches[0])]  # type: ignore[assignment]
-    _quantize_embeddings(qmodel, recipe)
+    quantize_embeddings(qmodel, recipe)
     return _finish(qmodel, recipe)
 
 
@@ -365,7 +379,7 @@ def _finish(qmodel: nn.Module, recipe: Recipe) -> nn.Module:
     return qmodel
 
 
-def _quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
+def quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
     """With ``recipe.embeddings`` ("int8"), every nn.Embedding table is quantized per row
     (an embedding table is often the largest tensor of a model). A Linear tied to a table
     (an LM head) gets the same QTensor, float activations: one tensor, quantized and stored
