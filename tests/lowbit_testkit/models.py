@@ -24,6 +24,18 @@ def tiny_llama_folder(folder, **overrides):
     fallback, "▁" for spaces; no tokenizer.model) and llama3 RoPE scaling: the converter's
     LlamaHfVocab and rope_freqs branches, which SmolLM2 does not take. Keyword arguments
     override LlamaConfig fields."""
+    tokenizer = tiny_tokenizer()
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
+    model = tiny_llama(**{"vocab_size": len(tokenizer), "bos_token_id": 1, "eos_token_id": 2,
+                          "rope_parameters": rope, **overrides})  # fmt: skip
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_tokenizer():
+    """A Llama-2-style tokenizer of 289 tokens: BPE with byte fallback, "▁" for spaces."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -39,10 +51,4 @@ def tiny_llama_folder(folder, **overrides):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                         unk_token="<unk>")  # fmt: skip
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
-    model = tiny_llama(**{"vocab_size": len(vocab), "bos_token_id": 1, "eos_token_id": 2,
-                          "rope_parameters": rope, **overrides})  # fmt: skip
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tokenizer

@@ -97,3 +97,55 @@ def test_sizes_read_as_users_write_them(text, size) -> None:
 def test_unreadable_sizes_name_the_form(text) -> None:
     with pytest.raises(InvalidInputError, match="2GB"):
         parse_size(text)
+
+
+def _lowbit_quantize(*args: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "lowbit.cli.main", "quantize", *args, "--json"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_peak_memory_stays_within_the_budget_above_the_baseline(tmp_path) -> None:
+    """A 90M-parameter llama (360 MB in float32) quantized under --max-memory 200MB: the peak
+    resident memory exceeds that of the same command on a 2-block toy model (the
+    Python/torch/transformers baseline) by less than the budget."""
+    from lowbit_testkit.synthetic import synthetic_llama_folder
+
+    shape = {"heads": 8, "kv_heads": 2}
+    toy = synthetic_llama_folder(
+        tmp_path / "toy", hidden=64, intermediate=128, layers=2, vocab=512, **shape
+    )
+    big = synthetic_llama_folder(
+        tmp_path / "big", hidden=512, intermediate=1536, layers=24, vocab=8192, **shape
+    )
+    args = ["--recipe", "w4a16-g128", "--max-memory", "200MB"]
+    baseline = _lowbit_quantize(str(toy), *args, "--out", str(tmp_path / "toy-q"))
+    streamed = _lowbit_quantize(str(big), *args, "--out", str(tmp_path / "big-q"))
+    assert streamed["max_memory_bytes"] == 200 * 10**6
+    assert streamed["bits_per_weight"] < 4.5
+    above = streamed["peak_rss_mb"] - baseline["peak_rss_mb"]
+    assert above < 200, (streamed["peak_rss_mb"], baseline["peak_rss_mb"])
+
+
+def test_max_memory_needs_a_safetensors_folder(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    cli = [sys.executable, "-m", "lowbit.cli.main", "quantize", str(gguf), "--recipe"]
+    for extra, message in [
+        (["w4a16-g128", "--max-memory", "2GB"], "Hugging Face folder"),
+        (["w4a16-g128", "--max-memory", "lots"], "2GB"),
+    ]:
+        done = subprocess.run(
+            [*cli, *extra, "--out", str(tmp_path / "o")], capture_output=True, text=True
+        )
+        assert done.returncode != 0 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

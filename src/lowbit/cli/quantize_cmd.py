@@ -25,6 +25,11 @@ class _Checked:
     recipe: Any
     text: str | None
     input_bytes: int | None
+    stream_budget: int | None  # bytes: quantize one block at a time within this budget
+
+
+# The in-memory path holds the float32 model, its copy being quantized and the result.
+IN_MEMORY_FACTOR = 2.5
 
 
 def _check(
@@ -34,6 +39,7 @@ def _check(
     calib: Path | None,
     numbers: dict[str, int],
     embeddings: str | None,
+    max_memory: str | None,
 ) -> _Checked:
     """Every check that needs no model: raises a LowbitError before anything slow runs."""
     from lowbit.eval.text import calibration_text, read_text
@@ -55,8 +61,38 @@ def _check(
         text = read_text(calib) if calib is not None else calibration_text()
     elif calib is not None:
         read_text(calib)  # a wrong path is a mistake even where the recipe does not calibrate
-    input_bytes = count_parameters(model).bytes_on_disk if Path(model).exists() else None
-    return _Checked(resolved, text, input_bytes)
+    budget = _stream_budget(model, max_memory, None) if max_memory is not None else None
+    info = count_parameters(model) if Path(model).exists() else None
+    if budget is None:
+        budget = _stream_budget(model, None, info.n_params if info else None)
+    return _Checked(resolved, text, info.bytes_on_disk if info else None, budget)
+
+
+def _stream_budget(model: str, max_memory: str | None, n_params: int | None) -> int | None:
+    """The budget to stream within: --max-memory when given (an HF folder only), else the
+    machine's default when the model would not fit in it in memory; None: in memory."""
+    from lowbit.streaming import default_max_memory, parse_size
+    from lowbit.streaming.memory import format_size
+
+    folder = Path(model).is_dir() and (Path(model) / "config.json").is_file()
+    if max_memory is not None:
+        budget = parse_size(max_memory)
+        if not folder:
+            raise InvalidInputError(
+                f"--max-memory streams weights from a Hugging Face folder (config.json + "
+                f"safetensors), and {model} is not one; convert it to such a folder, or drop "
+                "--max-memory"
+            )
+        return budget
+    budget = default_max_memory()
+    if folder and n_params is not None and IN_MEMORY_FACTOR * 4 * n_params > budget:
+        typer.echo(
+            f"the model needs about {format_size(IN_MEMORY_FACTOR * 4 * n_params)} in memory, "
+            f"more than {format_size(budget)} (3/4 of RAM): quantizing one block at a time",
+            err=True,
+        )
+        return budget
+    return None
 
 
 def _size_line(input_bytes: int | None, output_bytes: int, n_params: int) -> str:
@@ -69,6 +105,71 @@ def _size_line(input_bytes: int | None, output_bytes: int, n_params: int) -> str
         f"→ output {output_bytes / 1e6:.1f} MB ({bits:.2f} bits per weight), "
         f"{output_bytes / input_bytes:.2f}x the input"
     )
+
+
+def _calibration(tokenizer: Any, checked: _Checked, windows: dict[str, int]) -> Any:
+    from lowbit.eval.calibration import token_windows
+
+    if checked.text is None:
+        return None
+    return token_windows(tokenizer, checked.text, **windows)
+
+
+def _quantize_in_memory(
+    model: str, out: Path, checked: _Checked, windows: dict[str, int]
+) -> tuple[Path, float, list[dict[str, Any]], int] | None:
+    """Load, quantize, save: (folder, seconds, layer rows, parameters), or None in a
+    process of a torchrun group that does not write."""
+    import lowbit
+    from lowbit.io.hf import load_model
+    from lowbit.observers.processes import join_from_environment, leave, rank
+    from lowbit.progress import status
+    from lowbit.recipes import describe
+
+    with status(f"loading {model}"):
+        loaded = load_model(model)
+    started = time.perf_counter()
+    batches = _calibration(loaded.tokenizer, checked, windows)
+    several = join_from_environment()  # under torchrun: calibration is split over processes
+    qmodel = lowbit.quantize(loaded.model, checked.recipe, calib_data=batches)
+    seconds = time.perf_counter() - started
+    if several:
+        writer = rank() == 0
+        leave()
+        if not writer:
+            return None  # every process holds the same model; the first one writes it
+    folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
+    n_params = sum(p.numel() for p in loaded.model.parameters())  # tied tensors once
+    return folder, seconds, describe(qmodel), n_params
+
+
+def _quantize_streamed(
+    model: str, out: Path, checked: _Checked, windows: dict[str, int]
+) -> tuple[Path, float, list[dict[str, Any]], int]:
+    """lowbit.streaming.quantize_folder: one block in memory at a time."""
+    from lowbit.io.hf import load_skeleton
+    from lowbit.recipes import describe
+    from lowbit.streaming import quantize_folder
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InvalidInputError(
+            "quantizing one block at a time (--max-memory) runs in one process; run it "
+            "without torchrun"
+        )
+    skeleton = load_skeleton(Path(model))
+    started = time.perf_counter()
+    batches = _calibration(skeleton.tokenizer, checked, windows)
+    folder = quantize_folder(
+        model,
+        checked.recipe,
+        out,
+        calib_data=batches,
+        max_memory=checked.stream_budget,
+        tokenizer=skeleton.tokenizer,
+    )
+    seconds = time.perf_counter() - started
+    n_params = sum(p.numel() for p in skeleton.model.parameters())
+    return folder, seconds, describe(skeleton.model, checked.recipe), n_params
 
 
 def quantize_model(
@@ -96,53 +197,47 @@ def quantize_model(
         ),
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (at least 1).")] = 2,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory budget, e.g. 2GB: read, quantize and write one transformer block at "
+            "a time (an HF folder; calibration activations spill to disk beyond a quarter of "
+            "it). Default: done when the model would not fit in 3/4 of RAM."
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Quantize MODEL with RECIPE (calibrating on text where the recipe needs it) and save
     it with its tokenizer; `lowbit eval OUT` evaluates the result."""
     numbers = {"samples": samples, "seq-len": seq_len, "threads": threads}
-    checked = _check(model, recipe, out, calib, numbers, embeddings)
+    checked = _check(model, recipe, out, calib, numbers, embeddings, max_memory)
 
     import torch
-
-    import lowbit
-    from lowbit.eval.calibration import token_windows
-    from lowbit.io.hf import load_model
-    from lowbit.observers.processes import join_from_environment, leave, rank
-    from lowbit.progress import status
-    from lowbit.recipes import describe
 
     if not json:
         os.environ.setdefault("LOWBIT_PROGRESS", "1")
     torch.set_num_threads(threads)
-    with status(f"loading {model}"):
-        loaded = load_model(model)
-    started = time.perf_counter()
-    batches = None
-    if checked.text is not None:
-        batches = token_windows(loaded.tokenizer, checked.text, samples=samples, seq_len=seq_len)
-    several = join_from_environment()  # under torchrun: calibration is split over processes
-    qmodel = lowbit.quantize(loaded.model, checked.recipe, calib_data=batches)
-    seconds = time.perf_counter() - started
-    if several:
-        writer = rank() == 0
-        leave()
-        if not writer:
-            return  # every process holds the same model; the first one writes it
-    folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
+    windows = {"samples": samples, "seq_len": seq_len}
+    if checked.stream_budget is not None:
+        result = _quantize_streamed(model, out, checked, windows)
+    else:
+        result = _quantize_in_memory(model, out, checked, windows)
+    if result is None:
+        return  # another process writes the model
+    folder, seconds, layers, n_params = result
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
-    n_params = sum(p.numel() for p in loaded.model.parameters())  # tied tensors once
     doc = {
         "model": model,
         "recipe": checked.recipe.name,
         "out": str(folder),
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak_mb),
+        "max_memory_bytes": checked.stream_budget,
         "input_bytes": checked.input_bytes,
         "weights_bytes": size,
         "bits_per_weight": round(8 * size / n_params, 3),
-        "layers": describe(qmodel),
+        "layers": layers,
     }
     not_smaller = checked.input_bytes is not None and size >= checked.input_bytes
     if not_smaller:
@@ -167,5 +262,8 @@ def quantize_model(
     ]
     title = f"{model} → {folder} ({checked.recipe.name})"
     print_table(title, ["module", "weight", "kernel", "bits/weight", "float because"], rows)
-    typer.echo(f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB")
+    streamed = ""
+    if checked.stream_budget is not None:
+        streamed = f", one block at a time within --max-memory {checked.stream_budget / 1e6:.0f} MB"
+    typer.echo(f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB{streamed}")
     typer.echo(_size_line(checked.input_bytes, size, n_params))

@@ -3,6 +3,9 @@ streamed quantization needs."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 
@@ -62,3 +65,23 @@ def float32_bytes(model: nn.Module) -> int:
     """Bytes of ``model``'s parameters in float32 (tied tensors once)."""
     seen = {id(p): p.numel() for p in model.parameters()}
     return sum(seen.values()) * torch.finfo(torch.float32).bits // 8
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the memory of freed tensors back to the system (glibc's malloc_trim). glibc
+    raises its mmap threshold after each large free, so later blocks' tensors come from the
+    heap and their freed pages stay resident: without this, resident memory grew by about
+    one block per block (measured: +8 MB per 6.8 MB block)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)

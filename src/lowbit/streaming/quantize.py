@@ -43,7 +43,13 @@ from lowbit.recipes.quantize import (
 )
 from lowbit.recipes.spec import Recipe
 from lowbit.streaming.activations import SpilledCalls
-from lowbit.streaming.memory import block_bytes, default_max_memory, float32_bytes, format_size
+from lowbit.streaming.memory import (
+    block_bytes,
+    default_max_memory,
+    float32_bytes,
+    format_size,
+    return_freed_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,17 @@ def release(module: nn.Module) -> None:
         _place(module, name, empty[id(param)])
 
 
+def _stored_prefix(model: nn.Module, files: SafetensorsFiles) -> str:
+    """What the files put before the model's own tensor names: "" as a rule; the base
+    model's prefix ("model.") when a bare base model (LlamaModel, for a config without
+    architectures) reads a checkpoint of the model with a head, as from_pretrained allows."""
+    first = next(name for name, _ in model.named_parameters())
+    base = getattr(model, "base_model_prefix", "")
+    if first not in files.tensors and base and f"{base}.{first}" in files.tensors:
+        return f"{base}."
+    return ""
+
+
 def _check_no_sharing(model: nn.Module, prefix: str) -> None:
     """A block is written and freed on its own, so no tensor may be shared between blocks
     or between a block and the rest (ALBERT-style sharing)."""
@@ -137,6 +154,7 @@ class StreamedBlocks:
         writer: SaveWriter,
         recipe: Recipe,
         spill: Path | None,
+        root: str = "",
     ) -> None:
         self.model, self.files, self.writer, self.recipe, self.spill = (
             model,
@@ -145,19 +163,20 @@ class StreamedBlocks:
             recipe,
             spill,
         )
+        self.root = root  # what the files' names have before the model's own
         self.prefix, self.blocks = find_blocks(model)
         self.reasons: dict[str, str] = {}
 
     def capture(self, model: nn.Module, block: nn.Module, batches: list[Any]) -> list[Call]:
         """The first block's inputs, with what comes before it read from the files."""
-        materialize(model, "", self.files, skip=self.prefix)
+        materialize(model, self.root, self.files, skip=self.prefix)
         try:
             return capture_inputs(model, block, batches)
         finally:
             release(model)
 
     def load(self, index: int, block: nn.Module) -> nn.Module:
-        materialize(block, f"{self.prefix}.{index}.", self.files)
+        materialize(block, f"{self.root}{self.prefix}.{index}.", self.files)
         return block
 
     def done(self, index: int, block: nn.Module) -> None:
@@ -165,6 +184,7 @@ class StreamedBlocks:
         self.reasons.update(float_layers(self.model, self.recipe, within=name))
         self.writer.add(block, name)
         self.blocks[index] = nn.Identity()  # the block's tensors go with it
+        return_freed_memory()
 
     def keep(self, calls: Iterable[Call]) -> Sequence[Call]:
         return SpilledCalls(self.spill, calls) if self.spill is not None else list(calls)
@@ -266,12 +286,12 @@ def quantize_folder(
     with atomic_folder(out) as tmp:
         writer = SaveWriter(tmp)
         hidden_size = getattr(model.config, "hidden_size", 0)
-        source = StreamedBlocks(
-            model, files, writer, recipe, _spill_folder(batches, hidden_size, budget, tmp)
-        )
+        root = _stored_prefix(model, files)
+        spill = _spill_folder(batches, hidden_size, budget, tmp)
+        source = StreamedBlocks(model, files, writer, recipe, spill, root)
         calibrate_blocks(model, batches, make_block_step(inside), source)
         set_module(model, prefix, nn.ModuleList())
-        materialize(model, "", files)
+        materialize(model, root, files)
         quantize_outside_blocks(model, plan, inside)
         quantize_embeddings(model, recipe)
         reasons = {**source.reasons, **float_layers(model, recipe)}
