@@ -22,7 +22,9 @@ DIR=${LOWBIT_LLAMA_CPP_DIR:-$HOME/.cache/lowbit/llama.cpp-$COMMIT}
 SRC=${LOWBIT_LLAMA_CPP_SRC:-$DIR/src}
 JOBS=${JOBS:-2}
 TOOLS="llama-quantize llama-imatrix llama-perplexity llama-completion llama-embedding"
-STAMP=$DIR/.built-$VERSION
+# The stamp names the build's configuration too: a cache built before a change of flags
+# is built again.
+STAMP=$DIR/.built-$VERSION-noamx
 
 if [ -f "$STAMP" ]; then
     echo "llama.cpp $COMMIT tools already built in $DIR/bin"
@@ -48,8 +50,14 @@ fi
 BUILD=$DIR/build
 # No network code: this llama.cpp no longer links curl (LLAMA_CURL is deprecated, a no-op
 # with a warning); its model downloads use OpenSSL, which is turned off.
+# No AMX: on a CPU that advertises AMX inside a VM that does not grant the tile state
+# (this machine: a Xeon under firecracker), -march=native's AMX kernels die with SIGILL at
+# the first matrix product. Explicit -mno-amx-* win over -march=native in GCC.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS="$NO_AMX" \
+    -DCMAKE_CXX_FLAGS="$NO_AMX" \
     -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_BUILD_EXAMPLES=ON \
     -DLLAMA_BUILD_TOOLS=ON \
