@@ -6,7 +6,6 @@ costs a second, not a load and a GPTQ run (issue 11)."""
 from __future__ import annotations
 
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +223,10 @@ def quantize_model(
         result = _quantize_in_memory(model, out, checked, windows)
     if result is None:
         return  # another process writes the model
+    from lowbit.streaming.memory import peak_rss_bytes
+
     folder, seconds, layers, n_params = result
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_bytes() / 2**20
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
     doc = {
         "model": model,

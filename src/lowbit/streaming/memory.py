@@ -85,3 +85,19 @@ def return_freed_memory() -> None:
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is not None:
         trim(0)
+
+
+def peak_rss_bytes() -> int:
+    """This program's peak resident memory: VmHWM where /proc has it (it counts only this
+    program: getrusage's ru_maxrss also counts the process it was forked from, the
+    benchmark or test that started it), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
