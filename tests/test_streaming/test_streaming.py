@@ -4,14 +4,17 @@ gives the save folder lowbit.quantize + lowbit.save give in memory, byte for byt
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
+import safetensors.torch
 import torch
 import transformers
 
 import lowbit
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.io.hf import load_model
+from lowbit.io.manifest import MANIFEST, WEIGHTS
 from lowbit.streaming import parse_size, quantize_folder
 from lowbit.streaming import quantize as streaming
 from lowbit_testkit.models import tiny_llama_folder
@@ -51,9 +54,16 @@ def _digests(folder) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "recipe", ["w4a16-g32", "w4a16-g32-gptq", "w4a16-g32-awq", "w8a8-smoothquant"]
+    ("recipe", "spill"),
+    [
+        ("w4a16-g32", False),
+        ("w4a16-g32-gptq", False),
+        ("w4a16-g32-gptq", True),
+        ("w4a16-g32-awq", False),
+        ("w8a8-smoothquant", True),
+    ],
+    ids=["rtn", "gptq", "gptq-spilled", "awq", "smoothquant-spilled"],
 )
-@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
 def test_streamed_folder_equals_the_in_memory_one(
     bf16_folder, tmp_path, monkeypatch, recipe, spill
 ) -> None:
@@ -72,6 +82,32 @@ def test_streamed_folder_equals_the_in_memory_one(
     ids = batches[0] if batches else _batches(1)[0]
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, qmodel(ids).logits)
+
+
+@pytest.mark.parametrize("recipe", ["w4a16-g32", "w4a16-g32-gptq"])
+def test_a_gguf_file_streams_to_the_in_memory_folder(bf16_folder, tmp_path, recipe) -> None:
+    """A llama GGUF file (transformers dequantizes it in memory; streaming dequantizes one
+    tensor at a time with gguf-py and lowbit's q/k un-permutation): the same folder."""
+    from lowbit.io.gguf.convert import convert_hf_folder
+
+    gguf = convert_hf_folder(bf16_folder, tmp_path / "m.gguf", "f16")
+    batches = _batches() if recipe.endswith("gptq") else None
+    loaded = load_model(gguf)
+    qmodel = lowbit.quantize(loaded.model, recipe, calib_data=batches)
+    lowbit.save(qmodel, tmp_path / "memory", tokenizer=loaded.tokenizer)
+    quantize_folder(gguf, recipe, tmp_path / "stream", calib_data=batches, max_memory=10**9)
+    stream, memory = (
+        safetensors.torch.load_file(tmp_path / f / WEIGHTS) for f in ("stream", "memory")
+    )
+    assert stream.keys() == memory.keys()
+    assert all(torch.equal(stream[k], memory[k]) for k in stream)
+    # transformers' GGUF loader records quantization_config={"quant_method": "gguf", ...} in
+    # the config it loads; the streamed skeleton, built from the GGUF metadata, does not.
+    manifests = [json.loads((tmp_path / f / MANIFEST).read_text()) for f in ("stream", "memory")]
+    for m in manifests:
+        m["transformers"]["config"].pop("quantization_config", None)
+        del m["files"]  # their sha256 cover the safetensors metadata, the manifest's digest
+    assert manifests[0] == manifests[1]
 
 
 def test_a_block_larger_than_the_budget_is_refused_before_any_work(bf16_folder, tmp_path) -> None:
@@ -133,13 +169,13 @@ def test_peak_memory_stays_within_the_budget_above_the_baseline(tmp_path) -> Non
     assert above < 200, (streamed["peak_rss_mb"], baseline["peak_rss_mb"])
 
 
-def test_max_memory_needs_a_safetensors_folder(tmp_path) -> None:
+def test_max_memory_needs_a_folder_or_a_gguf_file(tmp_path) -> None:
     import subprocess
     import sys
 
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"GGUF")
-    cli = [sys.executable, "-m", "lowbit.cli.main", "quantize", str(gguf), "--recipe"]
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"not a model")
+    cli = [sys.executable, "-m", "lowbit.cli.main", "quantize", str(pt), "--recipe"]
     for extra, message in [
         (["w4a16-g128", "--max-memory", "2GB"], "Hugging Face folder"),
         (["w4a16-g128", "--max-memory", "lots"], "2GB"),

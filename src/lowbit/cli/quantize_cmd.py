@@ -73,14 +73,16 @@ def _stream_budget(model: str, max_memory: str | None, n_params: int | None) -> 
     from lowbit.streaming import default_max_memory, parse_size
     from lowbit.streaming.memory import format_size
 
-    folder = Path(model).is_dir() and (Path(model) / "config.json").is_file()
+    path = Path(model)
+    folder = path.is_dir() and (path / "config.json").is_file()
+    folder = folder or (path.is_file() and path.suffix == ".gguf")
     if max_memory is not None:
         budget = parse_size(max_memory)
         if not folder:
             raise InvalidInputError(
                 f"--max-memory streams weights from a Hugging Face folder (config.json + "
-                f"safetensors), and {model} is not one; convert it to such a folder, or drop "
-                "--max-memory"
+                f"safetensors) or a GGUF file, and {model} is neither; download the model "
+                "as such a folder, or drop --max-memory"
             )
         return budget
     budget = default_max_memory()
@@ -200,8 +202,8 @@ def quantize_model(
         str | None,
         typer.Option(
             help="Memory budget, e.g. 2GB: read, quantize and write one transformer block at "
-            "a time (an HF folder; calibration activations spill to disk beyond a quarter of "
-            "it). Default: done when the model would not fit in 3/4 of RAM."
+            "a time (an HF folder or a llama GGUF file; calibration activations spill to disk "
+            "beyond a quarter of it). Default: done when the model would not fit in 3/4 of RAM."
         ),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,

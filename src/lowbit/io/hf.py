@@ -168,21 +168,30 @@ def _load_folder(folder: Path, task: str, dtype: torch.dtype) -> LoadedModel:
 
 
 def load_skeleton(folder: Path, task: Task = "auto") -> LoadedModel:
-    """The model of a Hugging Face folder with its parameters on the meta device (no weight
-    read or allocated; buffers such as rotary tables are real) and its tokenizer: the frame
-    that lowbit.streaming fills one block at a time from the folder's safetensors."""
-    if not (folder / "config.json").is_file():
-        raise InvalidInputError(
-            f"{folder} has no config.json; streaming needs a Hugging Face model folder "
-            "(config.json + safetensors)"
-        )
-    for file in folder_safetensors(folder):
-        read_safetensors_header(file)
-    kind = _kind(_folder_architectures(folder), task, str(folder))
+    """The model of a Hugging Face folder or a GGUF file with its parameters on the meta
+    device (no weight read or allocated; buffers such as rotary tables are real) and its
+    tokenizer: the frame that lowbit.streaming fills one block at a time."""
     transformers = require("transformers", "hf")
     accelerate = require("accelerate", "hf")
+    gguf = {}
+    if folder.suffix == ".gguf" and folder.is_file():
+        from lowbit.io.gguf import read_gguf
+
+        read_gguf(folder)  # a damaged header fails here with the fix
+        kind = "causal-lm" if task == "auto" else task
+        gguf = {"gguf_file": folder.name}
+        folder = folder.parent
+    elif not (folder / "config.json").is_file():
+        raise InvalidInputError(
+            f"{folder} has no config.json; streaming needs a Hugging Face model folder "
+            "(config.json + safetensors) or a GGUF file"
+        )
+    else:
+        for file in folder_safetensors(folder):
+            read_safetensors_header(file)
+        kind = _kind(_folder_architectures(folder), task, str(folder))
     try:
-        config = transformers.AutoConfig.from_pretrained(str(folder))
+        config = transformers.AutoConfig.from_pretrained(str(folder), **gguf)
         with accelerate.init_empty_weights(include_buffers=False):
             model = _auto_class(transformers, kind).from_config(config, dtype=torch.float32)
         # from_pretrained ties after loading; inside init_empty_weights a tie would register
@@ -194,7 +203,8 @@ def load_skeleton(folder: Path, task: Task = "auto") -> LoadedModel:
             "check that the installed transformers supports its architecture"
         ) from exc
     model.config.dtype = torch.float32  # as from_pretrained(dtype=float32) records it
-    return LoadedModel(model.eval(), _load_tokenizer(transformers, str(folder)), kind, "hf-folder")
+    tokenizer = _load_tokenizer(transformers, str(folder), **gguf)
+    return LoadedModel(model.eval(), tokenizer, kind, "gguf" if gguf else "hf-folder")
 
 
 def _load_lowbit_save(folder: Path, task: str) -> LoadedModel:

@@ -23,6 +23,7 @@ from torch import nn
 
 from lowbit.atomic import atomic_folder
 from lowbit.errors import InvalidInputError, InvalidSpecError
+from lowbit.io.gguf.load import GGUFTensors
 from lowbit.io.hf import load_skeleton
 from lowbit.io.inspect import folder_safetensors
 from lowbit.io.safetensors_stream import SafetensorsFiles
@@ -53,6 +54,9 @@ from lowbit.streaming.memory import (
 
 log = logging.getLogger(__name__)
 
+# Reads one tensor at a time by the model's own name: .tensors (the names), .read(name).
+TensorSource = SafetensorsFiles | GGUFTensors
+
 # Calibration activations (inputs and outputs of a block) may take this share of the budget
 # before they are spilled to disk.
 ACTIVATION_SHARE = 0.25
@@ -81,7 +85,7 @@ def _place(module: nn.Module, name: str, value: torch.Tensor) -> None:
         owner._buffers[leaf] = value
 
 
-def materialize(module: nn.Module, prefix: str, files: SafetensorsFiles, skip: str = "") -> None:
+def materialize(module: nn.Module, prefix: str, files: TensorSource, skip: str = "") -> None:
     """Replace ``module``'s meta tensors (but those under ``skip``) with their values read
     from ``files``, under ``prefix`` + their name, in the skeleton's dtype (float32); a
     tensor with several names is read once and stays shared."""
@@ -97,7 +101,7 @@ def materialize(module: nn.Module, prefix: str, files: SafetensorsFiles, skip: s
         if tuple(value.shape) != tuple(skeleton.shape):
             raise InvalidInputError(
                 f"{prefix + stored[0]} is {tuple(value.shape)} in the folder but "
-                f"{tuple(skeleton.shape)} in its config.json; the folder is inconsistent"
+                f"{tuple(skeleton.shape)} in its config; the model files are inconsistent"
             )
         value = value.to(skeleton.dtype)
         if isinstance(skeleton, nn.Parameter):
@@ -115,7 +119,14 @@ def release(module: nn.Module) -> None:
         _place(module, name, empty[id(param)])
 
 
-def _stored_prefix(model: nn.Module, files: SafetensorsFiles) -> str:
+def tensor_source(model: Path) -> TensorSource:
+    """Where the weights are read from: a folder's safetensors, or a llama GGUF file."""
+    if model.suffix == ".gguf":
+        return GGUFTensors(model)
+    return SafetensorsFiles(folder_safetensors(model))
+
+
+def _stored_prefix(model: nn.Module, files: TensorSource) -> str:
     """What the files put before the model's own tensor names: "" as a rule; the base
     model's prefix ("model.") when a bare base model (LlamaModel, for a config without
     architectures) reads a checkpoint of the model with a head, as from_pretrained allows."""
@@ -150,7 +161,7 @@ class StreamedBlocks:
     def __init__(
         self,
         model: nn.Module,
-        files: SafetensorsFiles,
+        files: TensorSource,
         writer: SaveWriter,
         recipe: Recipe,
         spill: Path | None,
@@ -249,7 +260,8 @@ def quantize_folder(
     folder ``out``, one transformer block in memory at a time.
 
     Args:
-        folder: config.json + safetensors (one file or shards).
+        folder: config.json + safetensors (one file or shards), or a llama GGUF file
+            (its tensors dequantized to float32 one at a time, as transformers would).
         recipe: a weight-only or dynamic-activation preset or Recipe (RTN, GPTQ, AWQ,
             SmoothQuant); static activation recipes need the whole model and are refused.
         calib_data: token batches, as for lowbit.quantize (calibrated recipes).
@@ -282,7 +294,7 @@ def quantize_folder(
     _check_budget(model, prefix, inside, budget)
     calibrated = any(e.spec.algorithm != "rtn" for e in plan)
     batches = shard_batches(collect_batches(calib_data), plan) if calibrated else None
-    files = SafetensorsFiles(folder_safetensors(folder))
+    files = tensor_source(folder)
     order = [name or "(root)" for name, _ in model.named_modules()]
     out = check_output_folder(out)
     with atomic_folder(out) as tmp:

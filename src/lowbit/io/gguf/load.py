@@ -200,3 +200,31 @@ def load_gguf(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(dtype).eval()
+
+
+class GGUFTensors:
+    """A llama-family GGUF file's tensors under transformers' names, dequantized to float32
+    one at a time: the source lowbit.streaming reads a GGUF model from. The q/k rows are
+    un-permuted as load_gguf does, and a tensor's pages of the memory map are dropped once
+    it is read, so the resident memory is the tensor in use, not the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.file = read_gguf(path)
+        config = llama_config(self.file)
+        heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+        self.tensors: dict[str, tuple[GGUFTensor, int | None]] = {}
+        for t in self.file.tensors:
+            name = hf_name(t.name)
+            if name is not None:
+                part = _BLOCK_RE.match(t.name)
+                self.tensors[name] = (t, heads.get(part[2]) if part else None)
+
+    def read(self, name: str) -> torch.Tensor:
+        """A new float32 tensor holding ``name`` (a transformers parameter name)."""
+        t, n_head = self.tensors[name]
+        value = self.file.dequantize(t)
+        if n_head is not None:
+            value = unpermute_rows(value, n_head)
+        out = torch.from_numpy(np.array(value, dtype=np.float32, copy=True))
+        self.file.release(t)
+        return out

@@ -129,6 +129,13 @@ class GGUFFile:
         """The tensor's stored bytes (a read-only uint8 view of the map, no copy)."""
         return np.frombuffer(self._map, np.uint8, tensor.n_bytes, tensor.offset)
 
+    def release(self, tensor: GGUFTensor) -> None:
+        """Drop the tensor's pages of the memory map from this process (they stay in the
+        page cache): read pages of a map count as resident memory until then."""
+        start = tensor.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        if hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, tensor.offset + tensor.n_bytes - start)
+
     def tensor(self, name: str) -> GGUFTensor:
         for t in self.tensors:
             if t.name == name:
