@@ -66,7 +66,7 @@ class ChannelStatsObserver(Observer):
         self._sample: torch.Tensor | None = None
         self._sample_keys: torch.Tensor | None = None
         self._sample_index: torch.Tensor | None = None
-        self._sample_dropped = False
+        self._calls = 0
 
     def _init_kwargs(self) -> dict:
         return {"axis": self.axis, "sample_rows": self.sample_rows, "seed": self.seed}
@@ -91,7 +91,12 @@ class ChannelStatsObserver(Observer):
         self.num_rows += flat.shape[1]
 
     def _update_sample(self, rows: torch.Tensor) -> None:
-        index = torch.arange(self.num_rows, self.num_rows + rows.shape[0], device=rows.device)
+        from lowbit.observers.processes import shard_row_start
+
+        start = shard_row_start(self._calls, rows.shape[0])
+        self._calls += 1
+        first = self.num_rows if start is None else start  # the row's number in all the data
+        index = torch.arange(first, first + rows.shape[0], device=rows.device)
         keys = _row_keys(index, self.seed)
         if self._sample is not None:
             assert self._sample_keys is not None and self._sample_index is not None
@@ -105,10 +110,15 @@ class ChannelStatsObserver(Observer):
 
     def combine_processes(self) -> None:
         """Combine the statistics over every torch.distributed process (sums and row counts
-        added, extremes taken); nothing without such a group. The row sample cannot be
-        combined (its row numbers are per process), so it is dropped: ``sample`` then raises.
-        """
-        from lowbit.observers.processes import all_reduce_, sum_count, world_size
+        added, extremes taken, row samples merged); nothing without such a group. Each
+        process numbered its rows as in the whole data (processes.set_shard_rows), so the
+        merged sample, the rows with the smallest keys of all, is one process's sample."""
+        from lowbit.observers.processes import (
+            all_gather_rows,
+            all_reduce_,
+            sum_count,
+            world_size,
+        )
 
         if world_size() == 1:
             return
@@ -120,8 +130,17 @@ class ChannelStatsObserver(Observer):
         all_reduce_(self._min, "min")
         all_reduce_(self._max, "max")
         self.num_rows = sum_count(self.num_rows)
-        self._sample = self._sample_keys = self._sample_index = None
-        self._sample_dropped = True
+        if self._sample is not None:
+            assert self._sample_keys is not None and self._sample_index is not None
+            rows = all_gather_rows(self._sample, self.sample_rows)
+            keys = all_gather_rows(self._sample_keys, self.sample_rows)
+            index = all_gather_rows(self._sample_index, self.sample_rows)
+            keep = torch.topk(keys, min(self.sample_rows, keys.numel()), largest=False).indices
+            self._sample, self._sample_keys, self._sample_index = (
+                rows[keep],
+                keys[keep],
+                index[keep],
+            )
 
     def _clip_range(self, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._max_abs is not None and self._min is not None and self._max is not None
@@ -152,10 +171,5 @@ class ChannelStatsObserver(Observer):
                 "this ChannelStatsObserver keeps no row sample; create it with sample_rows=N"
             )
         self._require_data()
-        if self._sample_dropped:
-            raise InvalidInputError(
-                "the row sample was dropped when the statistics were combined across "
-                "processes; algorithms that need it (AWQ) run in one process"
-            )
         assert self._sample is not None and self._sample_index is not None
         return self._sample[torch.argsort(self._sample_index)]

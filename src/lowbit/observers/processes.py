@@ -14,6 +14,13 @@ import os
 import torch
 import torch.distributed as dist
 
+from lowbit.errors import InvalidInputError
+
+# (first row, rows) in the whole calibration set of each batch this process observes, in
+# order, while calibration is split over processes: row samples (AWQ) key rows by their
+# number in the whole set, so every process samples as one process would.
+_shard_rows: list[tuple[int, int]] | None = None
+
 
 def world_size() -> int:
     """Processes in the default torch.distributed group (1 when none is initialized)."""
@@ -55,3 +62,36 @@ def leave() -> None:
     """Leave the process group (after the last combined statistic)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def set_shard_rows(rows: list[tuple[int, int]] | None) -> None:
+    """Declare (first row, rows) of each batch this process observes, in order (None: this
+    process observes all the data, rows numbered as they come)."""
+    global _shard_rows
+    _shard_rows = rows
+
+
+def shard_row_start(call: int, rows: int) -> int | None:
+    """The number, in the whole calibration set, of the first of ``rows`` rows an observer
+    sees in its ``call``-th batch; None when the data is not split over processes."""
+    if _shard_rows is None:
+        return None
+    if call >= len(_shard_rows) or _shard_rows[call][1] != rows:
+        raise InvalidInputError(
+            "a layer saw other rows than its calibration batch's tokens, so its row sample "
+            "cannot be combined across processes (AWQ); run it in one process"
+        )
+    return _shard_rows[call][0]
+
+
+def all_gather_rows(t: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The rows of ``t`` (at most ``capacity``) of every process, concatenated in rank order."""
+    if world_size() == 1:
+        return t
+    padded = torch.zeros((capacity, *t.shape[1:]), dtype=t.dtype)
+    padded[: t.shape[0]] = t
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.int64))
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)])

@@ -248,25 +248,36 @@ def keep_int8_between_layers(model: nn.Module, example: Any) -> str:
 def shard_batches(batches: list[Any], plan: list[PlanEntry]) -> list[Any]:
     """This process's share of the calibration batches when torch.distributed runs several
     (batch i goes to process i mod N; the statistics are combined per layer, see
-    observers/processes.py); all of them otherwise. Only GPTQ and SmoothQuant combine
-    exactly what they read: AWQ's search needs one row sample of all the data."""
-    from lowbit.observers.processes import rank, world_size
+    observers/processes.py); all of them otherwise. Row samples (AWQ) are numbered as in all
+    the data, from the batches' token counts (processes.set_shard_rows)."""
+    from lowbit.observers.processes import rank, set_shard_rows, world_size
 
     n = world_size()
+    set_shard_rows(None)
     if n == 1:
         return batches
-    unsupported = sorted({e.spec.algorithm for e in plan} - {"gptq", "smoothquant", "rtn"})
-    if unsupported:
-        raise InvalidSpecError(
-            f"{', '.join(unsupported)} cannot spread calibration over processes (it searches "
-            "on a sample of all the data); run it in one process, without torchrun"
-        )
     if len(batches) < n:
         raise InvalidInputError(
             f"{len(batches)} calibration batches for {n} processes: give at least one per "
             "process (--samples)"
         )
+    if any(e.spec.algorithm == "awq" for e in plan):
+        tokens = [_batch_tokens(b) for b in batches]
+        starts = [sum(tokens[:i]) for i in range(len(tokens))]
+        set_shard_rows([(starts[i], tokens[i]) for i in range(rank(), len(batches), n)])
     return batches[rank() :: n]
+
+
+def _batch_tokens(batch: Any) -> int:
+    """Tokens in a batch of token ids (a tensor or input_ids=): the rows each Linear of a
+    transformer block sees for it."""
+    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
+    if not isinstance(ids, torch.Tensor):
+        raise InvalidInputError(
+            "AWQ across processes numbers calibration tokens; give batches of token ids "
+            "(a tensor or input_ids=), or run it in one process"
+        )
+    return int(ids.numel())
 
 
 def _quantize_calibrated_blocks(
@@ -275,11 +286,15 @@ def _quantize_calibrated_blocks(
     """GPTQ / AWQ / SmoothQuant: block-wise calibration of the Linear layers inside the
     model's transformer blocks. Layers outside the blocks (the LM head, a pooler) are
     quantized with round-to-nearest, as GPTQ and AWQ tools do."""
+    from lowbit.observers.processes import set_shard_rows
     from lowbit.recipes.blockwise import quantize_blockwise
 
     batches = shard_batches(collect_batches(calib_data), plan)
     inside = block_plan(model, plan)
-    quantize_blockwise(model, inside, batches)
+    try:
+        quantize_blockwise(model, inside, batches)
+    finally:
+        set_shard_rows(None)
     quantize_outside_blocks(model, plan, inside)
 
 
