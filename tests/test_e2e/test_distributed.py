@@ -27,9 +27,9 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     ("recipe", "seq_len"),
-    # AWQ: 8 x 768 = 6144 rows, more than the 4096 its row sample keeps, so the two
+    # AWQ: 8 x 544 = 4352 rows, more than the 4096 its row sample keeps, so the two
     # processes' samples must merge into exactly the one-process sample
-    [("w4a16-g32-gptq", 32), ("w8a8-smoothquant", 32), ("w4a16-g32-awq", 768)],
+    [("w4a16-g32-gptq", 32), ("w8a8-smoothquant", 32), ("w4a16-g32-awq", 544)],
 )
 def test_two_processes_write_what_one_writes(tmp_path: Path, folder: Path, recipe, seq_len):
     args = ["quantize", str(folder), "--recipe", recipe, "--samples", "8", "--seq-len",
