@@ -184,3 +184,24 @@ def test_max_memory_needs_a_folder_or_a_gguf_file(tmp_path) -> None:
         )
         assert done.returncode != 0 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_too_big_for_memory_streams_without_being_asked(
+    bf16_folder, tmp_path, monkeypatch, capsys
+):
+    """No --max-memory, and the model would not fit in the machine's default budget:
+    lowbit quantize streams it within that budget (here a default shrunk to 1 MB)."""
+    import lowbit.streaming
+    from lowbit.cli.main import main
+
+    monkeypatch.setattr(lowbit.streaming, "default_max_memory", lambda: 10**6)
+    monkeypatch.setattr(streaming, "_check_budget", lambda *a: None)
+    before = torch.get_num_threads()
+    try:
+        main(["quantize", str(bf16_folder), "--recipe", "w4a16-g32", "--json", "--out",
+              str(tmp_path / "auto")])  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["max_memory_bytes"] == 10**6
+    assert "quantizing one block at a time" in captured.err

@@ -152,11 +152,6 @@ def _quantize_streamed(
     from lowbit.recipes import describe
     from lowbit.streaming import quantize_folder
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InvalidInputError(
-            "quantizing one block at a time (--max-memory) runs in one process; run it "
-            "without torchrun"
-        )
     skeleton = load_skeleton(Path(model))
     started = time.perf_counter()
     batches = _calibration(skeleton.tokenizer, checked, windows)

@@ -7,7 +7,7 @@ safetensors' order (in the kernel, ``os.copy_file_range``): the file is byte-ide
 ``safetensors.torch.save_file`` of the same tensors (tests/test_io/test_safetensors_stream.py),
 so every tool that reads safetensors reads it, and a streamed save equals an in-memory one.
 
-The reader reads a tensor's byte range with ``os.pread`` instead of a memory map: pages of a
+The reader reads a tensor's byte range into its own buffer instead of a memory map: pages of a
 map count in the process's resident memory until it is closed, and the point of streaming is
 a bounded resident set.
 """
@@ -157,7 +157,7 @@ class SafetensorsFiles:
                 )
 
     def read(self, name: str) -> torch.Tensor:
-        """A new tensor holding ``name`` (read with pread, no memory map)."""
+        """A new tensor holding ``name`` (its byte range read into a buffer, no memory map)."""
         stored = self.tensors[name]
         dtype = TORCH_DTYPES.get(stored.dtype)
         if dtype is None:

@@ -262,20 +262,20 @@ def shard_batches(batches: list[Any], plan: list[PlanEntry]) -> list[Any]:
             "process (--samples)"
         )
     if any(e.spec.algorithm == "awq" for e in plan):
-        tokens = [_batch_tokens(b) for b in batches]
+        tokens = [batch_tokens(b) for b in batches]
         starts = [sum(tokens[:i]) for i in range(len(tokens))]
         set_shard_rows([(starts[i], tokens[i]) for i in range(rank(), len(batches), n)])
     return batches[rank() :: n]
 
 
-def _batch_tokens(batch: Any) -> int:
+def batch_tokens(batch: Any) -> int:
     """Tokens in a batch of token ids (a tensor or input_ids=): the rows each Linear of a
     transformer block sees for it."""
     ids = batch.get("input_ids") if isinstance(batch, dict) else batch
     if not isinstance(ids, torch.Tensor):
         raise InvalidInputError(
-            "AWQ across processes numbers calibration tokens; give batches of token ids "
-            "(a tensor or input_ids=), or run it in one process"
+            "this calibration needs batches of token ids (a tensor or input_ids=) to count "
+            "tokens; give token batches, or run in one process without --max-memory"
         )
     return int(ids.numel())
 

@@ -44,9 +44,7 @@ class SpilledCalls(Sequence[Call]):
     def __len__(self) -> int:
         return len(self._calls)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index: int) -> Call:  # type: ignore[override]
         hidden = safetensors.torch.load_file(str(self._files[index]))["hidden"]
         return next_call(self._calls[index], hidden)
 

@@ -9,7 +9,6 @@ import functools
 import os
 import re
 
-import torch
 from torch import nn
 
 from lowbit.errors import InvalidInputError
@@ -64,7 +63,7 @@ def block_bytes(block: nn.Module, hessian_inputs: list[int]) -> int:
 def float32_bytes(model: nn.Module) -> int:
     """Bytes of ``model``'s parameters in float32 (tied tensors once)."""
     seen = {id(p): p.numel() for p in model.parameters()}
-    return sum(seen.values()) * torch.finfo(torch.float32).bits // 8
+    return sum(seen.values()) * 4
 
 
 @functools.cache

@@ -29,18 +29,19 @@ from lowbit.io.inspect import folder_safetensors
 from lowbit.io.safetensors_stream import SafetensorsFiles
 from lowbit.io.save import SaveWriter, check_output_folder, model_fields
 from lowbit.nn.replace import set_module
+from lowbit.observers.processes import world_size
 from lowbit.recipes.batches import Call, collect_batches
 from lowbit.recipes.blocks import calibrate_blocks, capture_inputs, find_blocks
 from lowbit.recipes.blockwise import make_block_step
 from lowbit.recipes.layers import float_layers, warn_unsupported
 from lowbit.recipes.presets import get_recipe
 from lowbit.recipes.quantize import (
+    batch_tokens,
     block_plan,
     no_layer_error,
     plan_layers,
     quantize_embeddings,
     quantize_outside_blocks,
-    shard_batches,
 )
 from lowbit.recipes.spec import Recipe
 from lowbit.streaming.activations import SpilledCalls
@@ -167,13 +168,8 @@ class StreamedBlocks:
         spill: Path | None,
         root: str = "",
     ) -> None:
-        self.model, self.files, self.writer, self.recipe, self.spill = (
-            model,
-            files,
-            writer,
-            recipe,
-            spill,
-        )
+        self.model, self.files, self.writer = model, files, writer
+        self.recipe, self.spill = recipe, spill
         self.root = root  # what the files' names have before the model's own
         self.prefix, self.blocks = find_blocks(model)
         self.reasons: dict[str, str] = {}
@@ -241,12 +237,6 @@ def _spill_folder(
     return folder
 
 
-def batch_tokens(batch: Any) -> int:
-    """Tokens in a calibration batch (token ids: a tensor, or input_ids= of a dict)."""
-    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
-    return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
-
-
 def quantize_folder(
     folder: str | os.PathLike,
     recipe: str | Recipe,
@@ -269,6 +259,11 @@ def quantize_folder(
             when one block cannot fit; activations spill to disk beyond a quarter of it.
         tokenizer: saved beside the model (default: the folder's own).
     """
+    if world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InvalidInputError(
+            "quantizing one block at a time (--max-memory) runs in one process; run it "
+            "without torchrun"
+        )
     folder = Path(folder)
     recipe = get_recipe(recipe)
     budget = max_memory if max_memory is not None else default_max_memory()
@@ -293,7 +288,7 @@ def quantize_folder(
     inside = block_plan(model, plan)
     _check_budget(model, prefix, inside, budget)
     calibrated = any(e.spec.algorithm != "rtn" for e in plan)
-    batches = shard_batches(collect_batches(calib_data), plan) if calibrated else None
+    batches = collect_batches(calib_data) if calibrated else None
     files = tensor_source(folder)
     order = [name or "(root)" for name, _ in model.named_modules()]
     out = check_output_folder(out)
