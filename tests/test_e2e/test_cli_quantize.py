@@ -36,6 +36,20 @@ def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "samples 0": ([*out, "--samples", "0"], "--samples must be at least 1"),
         "threads 0": ([*out, "--threads", "0"], "Invalid value for '--threads'"),
         "calib missing": ([*out, "--calib", str(tmp_path / "no.txt")], "no such text file"),
+        "two budgets": (
+            [*out, "--target-bpw", "4", "--max-loss", "1%"],
+            "give exactly one budget",
+        ),
+        "max-loss abc": ([*out, "--max-loss", "abc"], "--max-loss takes a fraction"),
+        "candidate foo": ([*out, "--target-bpw", "4", "--candidates", "w8a16,foo"], "'foo'"),
+        "mixed static": (
+            [*out, "--recipe", "int8-static", "--target-size", "60MB"],
+            "must be weight-only",
+        ),
+        "mixed streamed": (
+            [*out, "--target-bpw", "4", "--max-memory", "2GB"],
+            "drop --max-memory",
+        ),
     }
 
 
@@ -81,3 +95,27 @@ def test_the_command_exits_1_before_loading(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "'foo' is not an embedding format" in result.stderr
     assert time.perf_counter() - started < 15  # imports only; loading alone takes ~30 s
     assert not out.exists()
+
+
+def test_mixed_precision_on_a_folder_stays_within_the_target(tmp_path: Path, capsys) -> None:
+    """--target-bpw: a format per layer within the budget, the plan and every layer's
+    sensitivity written beside the weights."""
+    import json
+
+    from lowbit_testkit.models import tiny_llama_folder
+
+    source = tiny_llama_folder(tmp_path / "src", hidden_size=64, intermediate_size=128)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the theta of the heart " * 200)
+    out = tmp_path / "out"
+    options = ["--calib", str(calib), "--samples", "4", "--seq-len", "32", "--json"]
+    budget = ["--recipe", "w4a16-g32", "--target-bpw", "6", "--out", str(out)]
+    main(["quantize", str(source), *budget, *options])
+    doc = json.loads(capsys.readouterr().out)
+    plan = doc["mixed_precision"]
+    n_params = 8 * doc["weights_bytes"] / doc["bits_per_weight"]
+    assert plan["total_bytes"] <= 6 * n_params / 8
+    assert len(set(plan["layers"].values())) > 1
+    saved = json.loads((out / "mixed_precision.json").read_text())
+    assert saved["plan"]["layers"] == plan["layers"]
+    assert {layer["name"] for layer in saved["sensitivity"]["layers"]} == set(plan["layers"])

@@ -5,6 +5,7 @@ costs a second, not a load and a GPTQ run (issue 11)."""
 
 from __future__ import annotations
 
+import json as json_module
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +26,40 @@ class _Checked:
     text: str | None
     input_bytes: int | None
     stream_budget: int | None  # bytes: quantize one block at a time within this budget
+    mixed: Any = None  # a lowbit.recipes.mixed.Budget: choose a format per layer
 
+
+@dataclass(frozen=True)
+class MixedOptions:
+    """The mixed-precision options as given on the command line."""
+
+    target_bpw: float | None = None
+    target_size: str | None = None
+    max_loss: str | None = None
+    candidates: str | None = None  # comma-separated; None: lowbit's default set
+    sensitivity_samples: int = 16
+
+    def candidate_names(self) -> tuple[str, ...]:
+        from lowbit.recipes.sensitivity import DEFAULT_CANDIDATES
+
+        return DEFAULT_CANDIDATES if self.candidates is None else tuple(self.candidates.split(","))
+
+    def budget(self) -> Any:
+        """The Budget they name, or None when none is given (checked: one at most)."""
+        from lowbit.recipes.mixed import Budget, parse_loss
+        from lowbit.streaming import parse_size
+
+        given = [self.target_bpw, self.target_size, self.max_loss]
+        if all(v is None for v in given):
+            return None
+        return Budget(
+            max_bytes=None if self.target_size is None else parse_size(self.target_size),
+            bits_per_weight=self.target_bpw,
+            max_loss=None if self.max_loss is None else parse_loss(self.max_loss),
+        )
+
+
+MIXED_FILE = "mixed_precision.json"  # the plan and the sensitivities, beside the weights
 
 # The in-memory path holds the float32 model, its copy being quantized and the result.
 IN_MEMORY_FACTOR = 2.5
@@ -39,6 +73,7 @@ def _check(
     numbers: dict[str, int],
     embeddings: str | None,
     max_memory: str | None,
+    mixed: MixedOptions,
 ) -> _Checked:
     """Every check that needs no model: raises a LowbitError before anything slow runs."""
     from lowbit.eval.text import calibration_text, read_text
@@ -53,18 +88,32 @@ def _check(
     if embeddings is not None:
         resolved = resolved.with_embeddings(embeddings)
     check_output_folder(out)
+    budget = mixed.budget()
+    if budget is not None:
+        from lowbit.recipes.mixed import check_mixed_base
+        from lowbit.recipes.sensitivity import parse_candidates
+
+        check_mixed_base(resolved)
+        parse_candidates(mixed.candidate_names())
+        if max_memory is not None:
+            raise InvalidInputError(
+                "mixed precision measures every layer's sensitivity with the whole model in "
+                "memory; drop --max-memory, or give a uniform recipe without --target-*"
+            )
     spec = resolved.spec
     needs_data = spec is not None and (spec.algorithm != "rtn" or spec.activation.mode == "static")
+    needs_data = needs_data or budget is not None
     text = None
     if needs_data:
         text = read_text(calib) if calib is not None else calibration_text()
     elif calib is not None:
         read_text(calib)  # a wrong path is a mistake even where the recipe does not calibrate
-    budget = _stream_budget(model, max_memory, None) if max_memory is not None else None
+    budget_memory = _stream_budget(model, max_memory, None) if max_memory is not None else None
     info = count_parameters(model) if Path(model).exists() else None
-    if budget is None:
-        budget = _stream_budget(model, None, info.n_params if info else None)
-    return _Checked(resolved, text, info.bytes_on_disk if info else None, budget)
+    stream = budget_memory
+    if stream is None and budget is None:
+        stream = _stream_budget(model, None, info.n_params if info else None)
+    return _Checked(resolved, text, info.bytes_on_disk if info else None, stream, budget)
 
 
 def _stream_budget(model: str, max_memory: str | None, n_params: int | None) -> int | None:
@@ -108,6 +157,22 @@ def _size_line(input_bytes: int | None, output_bytes: int, n_params: int) -> str
     )
 
 
+def _mixed_line(plan: Any, folder: Path) -> str:
+    """What the mixed-precision search chose and how close it came to its budget."""
+    counts: dict[str, int] = {}
+    for choice in plan.allocation.choices.values():
+        counts[choice.name] = counts.get(choice.name, 0) + 1
+    chosen = ", ".join(f"{n} x{k}" for n, k in sorted(counts.items(), key=lambda kv: -kv[1]))
+    line = f"mixed precision (knapsack over estimated sensitivities): {chosen}"
+    if plan.loss_budget is not None:
+        verdict = "within" if plan.measured_loss <= plan.loss_budget else "OVER"
+        line += (
+            f"; output change measured {plan.measured_loss:.3g} {verdict} the budget "
+            f"{plan.loss_budget:.3g} (round-to-nearest, {plan.rounds} round(s))"
+        )
+    return line + f"; every layer's sensitivity in {folder / MIXED_FILE}"
+
+
 def _calibration(tokenizer: Any, checked: _Checked, windows: dict[str, int]) -> Any:
     from lowbit.eval.calibration import token_windows
 
@@ -116,9 +181,20 @@ def _calibration(tokenizer: Any, checked: _Checked, windows: dict[str, int]) -> 
     return token_windows(tokenizer, checked.text, **windows)
 
 
+def _plan_mixed(loaded: Any, batches: list[Any], checked: _Checked, mixed: MixedOptions) -> Any:
+    """Measure every layer's sensitivity on the first calibration windows and choose a format
+    per layer under the budget (lowbit.recipes.mixed)."""
+    from lowbit.recipes.mixed import plan_mixed
+    from lowbit.recipes.sensitivity import measure_sensitivity
+
+    sample = batches[: mixed.sensitivity_samples]
+    report = measure_sensitivity(loaded.model, sample, mixed.candidate_names())
+    return plan_mixed(loaded.model, report, checked.recipe, checked.mixed, sample), report
+
+
 def _quantize_in_memory(
-    model: str, out: Path, checked: _Checked, windows: dict[str, int]
-) -> tuple[Path, float, list[dict[str, Any]], int] | None:
+    model: str, out: Path, checked: _Checked, windows: dict[str, int], mixed: MixedOptions
+) -> tuple[Path, float, list[dict[str, Any]], int, Any] | None:
     """Load, quantize, save: (folder, seconds, layer rows, parameters), or None in a
     process of a torchrun group that does not write."""
     import lowbit
@@ -132,7 +208,11 @@ def _quantize_in_memory(
     started = time.perf_counter()
     batches = _calibration(loaded.tokenizer, checked, windows)
     several = join_from_environment()  # under torchrun: calibration is split over processes
-    qmodel = lowbit.quantize(loaded.model, checked.recipe, calib_data=batches)
+    recipe, plan = checked.recipe, None
+    if checked.mixed is not None:
+        plan, report = _plan_mixed(loaded, batches, checked, mixed)
+        recipe = plan.recipe
+    qmodel = lowbit.quantize(loaded.model, recipe, calib_data=batches)
     seconds = time.perf_counter() - started
     if several:
         writer = rank() == 0
@@ -140,13 +220,18 @@ def _quantize_in_memory(
         if not writer:
             return None  # every process holds the same model; the first one writes it
     folder = lowbit.save(qmodel, out, tokenizer=loaded.tokenizer)
+    if plan is not None:
+        from lowbit.atomic import atomic_write_text
+
+        document = {"plan": plan.to_dict(), "sensitivity": report.to_dict()}
+        atomic_write_text(folder / MIXED_FILE, json_module.dumps(document, indent=1))
     n_params = sum(p.numel() for p in loaded.model.parameters())  # tied tensors once
-    return folder, seconds, describe(qmodel), n_params
+    return folder, seconds, describe(qmodel), n_params, plan
 
 
 def _quantize_streamed(
     model: str, out: Path, checked: _Checked, windows: dict[str, int]
-) -> tuple[Path, float, list[dict[str, Any]], int]:
+) -> tuple[Path, float, list[dict[str, Any]], int, None]:
     """lowbit.streaming.quantize_folder: one block in memory at a time."""
     from lowbit.io.hf import load_skeleton
     from lowbit.recipes import describe
@@ -165,7 +250,7 @@ def _quantize_streamed(
     )
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in skeleton.model.parameters())
-    return folder, seconds, describe(skeleton.model, checked.recipe), n_params
+    return folder, seconds, describe(skeleton.model, checked.recipe), n_params, None
 
 
 def quantize_model(
@@ -201,12 +286,47 @@ def quantize_model(
             "beyond a quarter of it). Default: done when the model would not fit in 3/4 of RAM."
         ),
     ] = None,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option(
+            help="Mixed precision: choose a format per layer (from --candidates) so that the "
+            "whole model takes at most this many bits per weight, with the least estimated "
+            "output change. RECIPE (weight-only) gives the algorithm."
+        ),
+    ] = None,
+    target_size: Annotated[
+        str | None,
+        typer.Option(help="Mixed precision within a size, e.g. 60MB (weights and float rest)."),
+    ] = None,
+    max_loss: Annotated[
+        str | None,
+        typer.Option(
+            help="Mixed precision: the smallest model whose output changes at most this much, "
+            "e.g. 1% (logits: mean KL within ln 1.01; other outputs: relative squared error)."
+        ),
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="Mixed precision: the formats a layer may take, weight-only presets and float, "
+            "comma-separated (default: w8a16,w4a16-g32,w4a16-g128,w3a16-g128,w2a16-g64,float)."
+        ),
+    ] = None,
+    sensitivity_samples: Annotated[
+        int, typer.Option(help="Mixed precision: calibration windows for the sensitivities.")
+    ] = 16,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Quantize MODEL with RECIPE (calibrating on text where the recipe needs it) and save
     it with its tokenizer; `lowbit eval OUT` evaluates the result."""
-    numbers = {"samples": samples, "seq-len": seq_len, "threads": threads}
-    checked = _check(model, recipe, out, calib, numbers, embeddings, max_memory)
+    numbers = {
+        "samples": samples,
+        "seq-len": seq_len,
+        "threads": threads,
+        "sensitivity-samples": sensitivity_samples,
+    }
+    mixed = MixedOptions(target_bpw, target_size, max_loss, candidates, sensitivity_samples)
+    checked = _check(model, recipe, out, calib, numbers, embeddings, max_memory, mixed)
 
     import torch
 
@@ -217,12 +337,12 @@ def quantize_model(
     if checked.stream_budget is not None:
         result = _quantize_streamed(model, out, checked, windows)
     else:
-        result = _quantize_in_memory(model, out, checked, windows)
+        result = _quantize_in_memory(model, out, checked, windows, mixed)
     if result is None:
         return  # another process writes the model
     from lowbit.streaming.memory import peak_rss_bytes
 
-    folder, seconds, layers, n_params = result
+    folder, seconds, layers, n_params, plan = result
     peak_mb = peak_rss_bytes() / 2**20
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
     doc = {
@@ -236,6 +356,7 @@ def quantize_model(
         "weights_bytes": size,
         "bits_per_weight": round(8 * size / n_params, 3),
         "layers": layers,
+        "mixed_precision": None if plan is None else plan.to_dict(),
     }
     not_smaller = checked.input_bytes is not None and size >= checked.input_bytes
     if not_smaller:
@@ -265,3 +386,5 @@ def quantize_model(
         streamed = f", one block at a time within --max-memory {checked.stream_budget / 1e6:.0f} MB"
     typer.echo(f"quantized in {seconds:.1f} s, peak memory {peak_mb:.0f} MB{streamed}")
     typer.echo(_size_line(checked.input_bytes, size, n_params))
+    if plan is not None:
+        typer.echo(_mixed_line(plan, folder))
