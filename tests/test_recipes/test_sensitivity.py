@@ -146,3 +146,28 @@ def test_unusual_layers_are_listed_or_stay_float_never_a_crash() -> None:
         assert qmodel(data[0]).shape == model(data[0]).shape
     float_rows = {r["module"]: r.get("reason", "") for r in describe(qmodel) if "reason" in r}
     assert "custom" in float_rows
+
+
+def test_embedding_tables_quantize_in_groups(tmp_path) -> None:
+    """Recipe.embeddings "int4-g8": a scale per 8 values of a row (what mixed precision
+    picks for a table); the tied head shares the table's codes."""
+    from lowbit.recipes import get_recipe
+
+    torch.manual_seed(0)
+    model = _Unusual().eval()
+    recipe = get_recipe("w8a16").with_embeddings("int4-g8")
+    with pytest.warns(LowbitWarning, match="custom"):
+        qmodel = quantize(model, recipe)
+    table = qmodel.embed.weight
+    assert table.bits_per_weight == 6 and qmodel.head.weight is table  # 4 + a 16-bit scale / 8
+    rows = {r["module"]: r for r in describe(model, recipe)}
+    assert rows["embed"]["spec"] == "int4 group 8" and "tied to embed" in rows["head"]["spec"]
+    tokens = torch.randint(0, 50, (2, 12))
+    with pytest.warns(LowbitWarning, match="custom"):
+        per_row = quantize(model, get_recipe("w8a16").with_embeddings("int4"))
+    with torch.no_grad():
+        err_group = (qmodel(tokens) - model(tokens)).pow(2).mean()
+        err_row = (per_row(tokens) - model(tokens)).pow(2).mean()
+    assert err_group < err_row
+    with pytest.raises(InvalidSpecError, match="positive integer"):
+        recipe.with_embeddings("int4-gx")

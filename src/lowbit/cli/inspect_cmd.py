@@ -1,4 +1,6 @@
-"""``lowbit inspect FILE.gguf``: a GGUF file's tensors, types and metadata, headers only."""
+"""``lowbit inspect``: a GGUF file's tensors, types and metadata (headers only), or a model's
+per-layer statistics and sensitivity to each candidate format, as a table, JSON or an HTML
+page with plots."""
 
 from __future__ import annotations
 
@@ -9,17 +11,59 @@ from typing import Annotated
 import typer
 
 from lowbit.cli.output import print_json, print_table
+from lowbit.errors import InvalidInputError
 from lowbit.io.gguf import describe, read_gguf
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .gguf file (llama.cpp's format).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A .gguf file, or a model: a Hugging Face folder or a lowbit save folder."
+        ),
+    ],
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            help="Text to measure sensitivities on (default: lowbit's calibration split). A "
+            ".gguf file with --calib is inspected as a model too."
+        ),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Calibration windows.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=8, help="Tokens per window.")] = 512,
+    candidates: Annotated[
+        str | None,
+        typer.Option(help="Formats to score, comma-separated (as lowbit quantize --candidates)."),
+    ] = None,
+    measure: Annotated[
+        str | None,
+        typer.Option(
+            help="The candidate measured by quantizing each layer alone (one model run per "
+            "layer), or none. Default: w4a16-g128, or the first candidate without it."
+        ),
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Write an HTML page with plots to this file.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 2,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
 ) -> None:
-    """Print a GGUF file's metadata summary, totals by type and every tensor (name, type,
-    shape, bits per weight), read from its header without loading the weights."""
+    """Print a GGUF file's metadata summary, totals by type and every tensor (read from its
+    header without loading the weights); or, for a model, every layer's shape, weight range,
+    outlier channels, input range, SQNR in each candidate format and sensitivity."""
+    if path.suffix != ".gguf" or calib is not None:
+        from lowbit.cli.inspect_model import inspect_model
+
+        options = {"samples": samples, "seq_len": seq_len, "threads": threads}
+        inspect_model(path, calib, candidates, measure, html, json_output, options)
+        return
+    if html is not None:
+        raise InvalidInputError(
+            "--html draws a model's sensitivities: give --calib TEXT to inspect the GGUF file "
+            "as a model, or drop --html"
+        )
     doc = describe(read_gguf(path))
     if json_output:
         print_json(doc)

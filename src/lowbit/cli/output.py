@@ -20,12 +20,15 @@ def _looks_numeric(value: Any) -> bool:
     return text == "" or isinstance(value, int | float) or text[0].isdigit() or text[0] in "+-."
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Print a table to the terminal (plain text when stdout is not a terminal)."""
+def print_table(
+    title: str, columns: list[str], rows: list[list[Any]], min_width: int = 100
+) -> None:
+    """Print a table to the terminal (plain text when stdout is not a terminal), at least
+    ``min_width`` characters wide so that piped output is not cut."""
     table = Table(title=title)
     for i, col in enumerate(columns):
         numeric = i > 0 and all(_looks_numeric(row[i]) for row in rows)
         table.add_column(col, justify="right" if numeric else "left", no_wrap=i == 0)
     for row in rows:
         table.add_row(*[str(v) for v in row])
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(min_width, Console().width)).print(table)

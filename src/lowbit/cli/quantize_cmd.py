@@ -184,12 +184,17 @@ def _calibration(tokenizer: Any, checked: _Checked, windows: dict[str, int]) -> 
 def _plan_mixed(loaded: Any, batches: list[Any], checked: _Checked, mixed: MixedOptions) -> Any:
     """Measure every layer's sensitivity on the first calibration windows and choose a format
     per layer under the budget (lowbit.recipes.mixed)."""
+    from lowbit.io.save import header_allowance
     from lowbit.recipes.mixed import plan_mixed
     from lowbit.recipes.sensitivity import measure_sensitivity
 
     sample = batches[: mixed.sensitivity_samples]
     report = measure_sensitivity(loaded.model, sample, mixed.candidate_names())
-    return plan_mixed(loaded.model, report, checked.recipe, checked.mixed, sample), report
+    header = header_allowance(loaded.model)  # the budget is the weights file's size
+    plan = plan_mixed(
+        loaded.model, report, checked.recipe, checked.mixed, sample, overhead_bytes=header
+    )
+    return plan, report
 
 
 def _quantize_in_memory(

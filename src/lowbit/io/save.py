@@ -115,6 +115,19 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) 
     return folder
 
 
+# A quantized layer stores up to two tensors per float one (codes, scale, zero point for a
+# weight; the bias as it is), each header entry ~70 bytes beside its name.
+_HEADER_ENTRY_BYTES = 100
+_HEADER_FIXED_BYTES = 300  # braces, the __metadata__ entry with the manifest's sha256
+
+
+def header_allowance(model: nn.Module) -> int:
+    """An upper bound of the safetensors header ``save`` writes for a quantized copy of the
+    float ``model``: what a size budget sets aside beside the tensors' own bytes."""
+    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}  # tied once
+    return _HEADER_FIXED_BYTES + sum(2 * (len(n) + _HEADER_ENTRY_BYTES) for n in names.values())
+
+
 def model_fields(model: nn.Module) -> dict[str, Any]:
     """The manifest fields a quantized model carries: its recipe, float layers, cast dtype
     and (transformers models) architecture."""

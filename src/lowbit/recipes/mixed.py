@@ -118,7 +118,7 @@ def mixed_recipe(
     for layer, choice in allocation.choices.items():
         weight = by_name[choice.name].weight
         if layer == EMBEDDINGS:
-            embeddings = None if weight is None else weight.format
+            embeddings = by_name[choice.name].table_format()
             continue
         spec = None if weight is None else replace(base.spec, weight=weight)
         rules.append(Rule(glob.escape(layer), spec))
@@ -179,13 +179,17 @@ def plan_mixed(
     base: str | Recipe,
     budget: Budget,
     calib_data: Iterable[Any] | None = None,
+    *,
+    overhead_bytes: int = 0,
 ) -> MixedPlan:
     """Choose a format per layer of ``model`` under ``budget`` from ``report`` (measured on
-    the same model); a distance budget needs ``calib_data`` to check the choice."""
+    the same model); a distance budget needs ``calib_data`` to check the choice. A size
+    budget sets ``overhead_bytes`` aside (a file's header: lowbit.io.save.header_allowance)."""
     choices = _choices(report)
     name = f"mixed-{get_recipe(base).name}"
     total = budget.total_bytes(report.params)
     if total is not None:
+        total -= overhead_bytes
         smallest = report.fixed_bytes + sum(
             min(o.nbytes for o in layer.options.values()) for layer in report.layers
         )

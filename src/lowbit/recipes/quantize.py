@@ -17,7 +17,6 @@ from torch import nn
 
 from lowbit.errors import InvalidInputError, InvalidSpecError
 from lowbit.formats.affine import QParams
-from lowbit.formats.granularity import PerAxis
 from lowbit.formats.qtypes import IntType
 from lowbit.nn import Add, QuantAdd, QuantConv2d, QuantEmbedding, QuantLinear, cast_model
 from lowbit.nn.replace import set_module
@@ -35,7 +34,7 @@ from lowbit.recipes.layers import (
     warn_unsupported,
 )
 from lowbit.recipes.presets import get_recipe
-from lowbit.recipes.spec import QuantSpec, Recipe, WeightSpec
+from lowbit.recipes.spec import QuantSpec, Recipe, embedding_spec
 from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight
 
@@ -401,7 +400,7 @@ def quantize_embeddings(model: nn.Module, recipe: Recipe) -> None:
     once (per row of the table = per output channel of the head)."""
     if recipe.embeddings is None:
         return
-    spec = WeightSpec(recipe.embeddings, PerAxis(0))
+    spec = embedding_spec(recipe.embeddings)
     tied = tied_to_embeddings(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Embedding) and recipe.spec_for(name) is not None:
@@ -469,7 +468,9 @@ def _describe_plan(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
         if name in planned:
             rows.append({"module": key, "type": kind, "spec": planned[name].describe()})
         elif _table_quantized(module, table, recipe):
-            spec = f"{recipe.embeddings} per row" + (f" (tied to {table})" if name in tied else "")
+            table_spec = embedding_spec(recipe.embeddings or "")
+            spec = table_spec.describe().replace("per-channel", "per row")
+            spec += f" (tied to {table})" if name in tied else ""
             rows.append({"module": key, "type": kind, "spec": spec})
         elif key in reasons:
             rows.append({"module": key, "type": kind, "spec": "float", "reason": reasons[key]})

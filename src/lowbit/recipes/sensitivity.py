@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import InvalidSpecError
-from lowbit.formats.granularity import PerAxis
+from lowbit.formats.granularity import PerGroup
 from lowbit.formats.sqnr import sqnr_db
 from lowbit.progress import track
 from lowbit.recipes.batches import collect_batches, run_batch
 from lowbit.recipes.layers import split_attention
 from lowbit.recipes.presets import get_recipe
 from lowbit.recipes.quantize import plan_layers
-from lowbit.recipes.spec import Recipe, WeightSpec
+from lowbit.recipes.spec import Recipe, WeightSpec, embedding_spec
 from lowbit.recipes.weights import quantize_weight
 
 DEFAULT_CANDIDATES = ("w8a16", "w4a16-g32", "w4a16-g128", "w3a16-g128", "w2a16-g64", "float")
@@ -48,9 +48,18 @@ class Candidate:
     name: str
     weight: WeightSpec | None
 
+    def table_format(self) -> str | None:
+        """The Recipe.embeddings name an embedding table would get: the same code type and
+        group ("int4-g32"), or per row where the candidate is per channel; None: float."""
+        if self.weight is None:
+            return None
+        group = self.weight.granularity
+        return self.weight.format + (f"-g{group.size}" if isinstance(group, PerGroup) else "")
+
     def for_table(self) -> WeightSpec | None:
-        """The spec an embedding table would get: the same code type, per row."""
-        return None if self.weight is None else WeightSpec(self.weight.format, PerAxis(0))
+        """The spec an embedding table would get (``table_format``)."""
+        name = self.table_format()
+        return None if name is None else embedding_spec(name)
 
 
 def parse_candidates(names: Iterable[str]) -> tuple[Candidate, ...]:
@@ -176,6 +185,11 @@ def _units(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
     if tables:
         units[EMBEDDINGS] = tables
     return units
+
+
+def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each allocation unit's weight (the embedding unit: its first table), for histograms."""
+    return {name: mods[0][1].weight.detach() for name, mods in _units(model).items()}
 
 
 def _outlier_ratio(weight: torch.Tensor) -> float:

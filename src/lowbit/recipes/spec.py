@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from lowbit.errors import InvalidInputError, InvalidSpecError, LowbitError, UnsupportedFormatError
-from lowbit.formats.granularity import Granularity, PerAxis, PerTensor
+from lowbit.formats.granularity import Granularity, PerAxis, PerGroup, PerTensor
 from lowbit.formats.qtypes import QTYPES, FloatType
 from lowbit.formats.weight_format import WeightFormat
 from lowbit.kernels.registry import check_per_token
@@ -112,15 +112,29 @@ class Rule:
     spec: QuantSpec | None = None
 
 
-def check_embedding_format(format: str) -> None:
-    """Raise InvalidSpecError unless ``format`` can store an embedding table per row."""
+def embedding_spec(embeddings: str) -> WeightSpec:
+    """The WeightSpec of a table format: "int8" (a scale per row) or "int4-g32" (a scale
+    per 32 values of a row, stored float16 as the grouped presets store them). Raises
+    InvalidSpecError for a name that cannot store an embedding table."""
+    format, _, group = embeddings.partition("-g")
     qtype = QTYPES.get(format)
     if qtype is None or (isinstance(qtype, FloatType) and not qtype.scaled):
         usable = [n for n, q in QTYPES.items() if not isinstance(q, FloatType) or q.scaled]
         raise InvalidSpecError(
-            f"{format!r} is not an embedding format; use one of {', '.join(usable)}, or "
+            f"{embeddings!r} is not an embedding format; use one of {', '.join(usable)} (a "
+            "scale per row), FORMAT-gSIZE (int4-g32: a scale per SIZE values of a row), or "
             "'float' to keep embedding tables float"
         )
+    if not group:
+        return WeightSpec(format, PerAxis(0))
+    if not group.isdigit() or int(group) < 1:
+        raise InvalidSpecError(f"{embeddings!r}: the group after -g must be a positive integer")
+    return WeightSpec(format, PerGroup(int(group)), scale_dtype="float16")
+
+
+def check_embedding_format(format: str) -> None:
+    """Raise InvalidSpecError unless ``format`` can store an embedding table."""
+    embedding_spec(format)
 
 
 @dataclass(frozen=True)
@@ -157,8 +171,9 @@ class Recipe:
 
     def with_embeddings(self, format: str | None = "int8") -> Recipe:
         """A copy that quantizes nn.Embedding tables per row in ``format`` ("int8", "int4",
-        ...), or keeps them float with None or "float" (an LM head tied to a table follows
-        it). Raises InvalidSpecError for a format that cannot store an embedding table."""
+        ...) or per group of a row ("int4-g32"), or keeps them float with None or "float" (an
+        LM head tied to a table follows it). Raises InvalidSpecError for a format that cannot
+        store an embedding table."""
         if format == "float":
             format = None
         if format is not None:

@@ -3,9 +3,7 @@ rendered as markdown, as an HTML page with an accuracy-vs-size plot, or as JSON.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.atomic import atomic_write_bytes, atomic_write_text
-from lowbit.errors import require
+from lowbit.reports.html import figure_png, img, page, pyplot, table
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,7 @@ class ComparisonReport:
 
     def plot_png(self, x: str, y: str, label: str, xlabel: str, ylabel: str) -> bytes:
         """A scatter plot of two row keys (e.g. size vs accuracy), one labelled point per row."""
-        matplotlib = require("matplotlib", "report")
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        fig, ax = pyplot().subplots(figsize=(8, 5), dpi=110)
         points: dict[tuple[float, float], list[str]] = {}
         for row in self.rows:
             if row.get(x) is not None and row.get(y) is not None:
@@ -76,34 +70,14 @@ class ComparisonReport:
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.set_title(self.title, fontsize=10)
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fig)
 
     def to_html(self, plot_png: bytes | None = None) -> str:
         """A self-contained HTML page: the table, the notes and the plot (inline PNG)."""
-        head = "".join(f"<th>{html.escape(c.header)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells) + "</tr>"
-            for cells in self.cells()
-        )
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        img = ""
-        if plot_png is not None:
-            data = base64.b64encode(plot_png).decode("ascii")
-            img = f'<img alt="accuracy vs size" src="data:image/png;base64,{data}">'
-        style = (
-            "body{font-family:sans-serif;margin:2em;max-width:70em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 10px;"
-            "text-align:right}td:first-child,th:first-child{text-align:left}"
-        )
-        return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}"
-            f"</title><style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
-            f"<table><tr>{head}</tr>{body}</table><ul>{notes}</ul>{img}</body></html>"
-        )
+        plot = "" if plot_png is None else img(plot_png, "accuracy vs size")
+        head = [c.header for c in self.columns]
+        return page(self.title, f"{table(head, self.cells())}<ul>{notes}</ul>{plot}")
 
     def write(self, folder: str | Path, plot: dict[str, str] | None = None) -> list[Path]:
         """Write report.md, report.json and report.html (with the plot when ``plot`` names
