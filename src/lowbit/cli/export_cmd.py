@@ -65,6 +65,24 @@ def export_model(
     seq_len: Annotated[
         int, typer.Option(help="Tokens per calibration window (gptq/awq).", min=8)
     ] = 512,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option(
+            help="gguf: mixed precision: a block type per tensor (from --candidates, by measured "
+            "sensitivity) so the whole file takes at most this many bits per weight; --type "
+            "then sets the other tensors' types (default q4_k_m)."
+        ),
+    ] = None,
+    target_size: Annotated[
+        str | None, typer.Option(help="gguf: mixed precision within a file size, e.g. 90MB.")
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="gguf mixed precision: block types a tensor may take, comma-separated "
+            "(default: q2_k,q3_k,q4_0,iq4_nl,q4_k,q5_0,q5_k,q6_k,q8_0)."
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Export MODEL to a GGUF file of --type (as llama-quantize would: types, metadata, order),
@@ -84,13 +102,17 @@ def export_model(
         raise InvalidInputError(f"--format {format_!r} is not supported; use gguf, onnx or tflite")
     if skip:
         raise InvalidInputError("--skip is for --format onnx; drop it for gguf")
-    if type_ is None:
+    target = _gguf_target(target_bpw, target_size)
+    if type_ is None and target is None:
         raise InvalidInputError("--format gguf needs --type (q8_0, q4_0, q4_k_m, ..., f16)")
+    type_ = type_ or "q4_k_m"
     from lowbit.export import export_gguf
+    from lowbit.export.gguf_mixed import DEFAULT_GGUF_CANDIDATES
 
+    names = DEFAULT_GGUF_CANDIDATES if candidates is None else tuple(candidates.split(","))
     result = export_gguf(
         model, out, type_.lower(), method=method, calib=calib, imatrix=imatrix,
-        seq_len=seq_len, calib_windows=calib_windows,
+        seq_len=seq_len, calib_windows=calib_windows, target=target, candidates=names,
     )  # fmt: skip
     doc = {
         "model": model,
@@ -101,6 +123,7 @@ def export_model(
         "output_bytes": result.output_bytes,
         "bits_per_weight": round(result.bits_per_weight, 3),
         "tensor_types": result.type_counts,
+        "mixed_precision": result.mixed,
     }
     if json:
         print_json(doc)
@@ -111,3 +134,14 @@ def export_model(
         f"input {result.input_bytes / 1e6:.1f} MB → output {result.output_bytes / 1e6:.1f} MB, "
         f"{result.bits_per_weight:.2f} bits per weight (whole file / weights)"
     )
+
+
+def _gguf_target(target_bpw: float | None, target_size: str | None) -> object | None:
+    """The mixed-precision target the options name, or None."""
+    if target_bpw is None and target_size is None:
+        return None
+    from lowbit.export.gguf_mixed import GGUFTarget
+    from lowbit.streaming import parse_size
+
+    size = None if target_size is None else parse_size(target_size)
+    return GGUFTarget(bits_per_weight=target_bpw, max_bytes=size)

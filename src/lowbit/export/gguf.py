@@ -17,6 +17,12 @@ from typing import Any
 from lowbit.errors import InvalidInputError, UnsupportedFormatError
 from lowbit.export.gguf_calibrated import awq_method, gptq_method
 from lowbit.export.gguf_imatrix import imatrix_method
+from lowbit.export.gguf_mixed import (
+    DEFAULT_GGUF_CANDIDATES,
+    GGUFTarget,
+    check_candidates,
+    mixed_tensor_types,
+)
 from lowbit.io.gguf.writer import (
     ChosenValues,
     ExportResult,
@@ -85,6 +91,8 @@ class GGUFExportJob:
 
 
 Method = Callable[[GGUFExportJob], ChosenValues]
+# The written header can outgrow the source's: a new general.file_type, quantize.imatrix.* keys.
+HEADER_MARGIN_BYTES = 1024
 
 
 def _rtn(job: GGUFExportJob) -> ChosenValues:
@@ -127,6 +135,8 @@ def export_gguf(
     imatrix: str | os.PathLike | None = None,
     seq_len: int = 512,
     calib_windows: int | None = None,
+    target: GGUFTarget | None = None,
+    candidates: tuple[str, ...] = DEFAULT_GGUF_CANDIDATES,
 ) -> ExportResult:
     """Export ``model`` to ``out`` as GGUF ``file_type`` with values chosen by ``method``.
 
@@ -140,13 +150,19 @@ def export_gguf(
         imatrix: llama.cpp's importance-matrix file, for method "imatrix".
         seq_len: tokens per calibration window.
         calib_windows: calibration windows for gptq/awq (None: the method's default).
+        target: mixed precision: choose each tensor's block type from ``candidates`` so the
+            whole file fits this size (lowbit.export.gguf_mixed); ``file_type`` then gives
+            the tensors lowbit does not choose (norms) and the file's type label.
     """
     out = Path(out)
     calib_path = Path(calib) if calib is not None else None
     imatrix_path = Path(imatrix) if imatrix is not None else None
     check_export_args(file_type, out)
     _check_inputs(method, calib_path, imatrix_path, seq_len, calib_windows)
-    if method == "rtn":  # llama-quantize's file (the converter's own for an HF float type)
+    if target is not None:
+        check_candidates(candidates)
+    if method == "rtn" and target is None:
+        # llama-quantize's file (the converter's own for an HF float type)
         return write_gguf(model, out, file_type)
     from lowbit.io.gguf.reader import read_gguf
 
@@ -155,13 +171,21 @@ def export_gguf(
     # every calibrated method plans as llama-quantize given an imatrix (docs/decisions.md)
     has_imatrix = method != "rtn"
     with gguf_source(model, out) as src:
-        infos, types = plan_types(open_source(src), file_type, has_imatrix=has_imatrix)
+        reader = open_source(src)
+        infos, types = plan_types(reader, file_type, has_imatrix=has_imatrix)
         job = GGUFExportJob(
             source=Path(model), file_type=file_type, calib=calib_path, imatrix=imatrix_path,
             seq_len=seq_len, calib_windows=calib_windows,
             plan={i.name: t for i, t in zip(infos, types, strict=True)},
             shapes={i.name: i.shape for i in infos}, metadata=dict(read_gguf(src).metadata),
         )  # fmt: skip
+        overrides, account = None, None
+        if target is not None:
+            header = reader.data_offset + HEADER_MARGIN_BYTES
+            overrides, account = mixed_tensor_types(job, infos, header, target, candidates)
+            job.plan.update(overrides)
         chosen = GGUF_METHODS[method](job)
-        result = write_gguf(src, out, file_type, chosen=chosen, has_imatrix=has_imatrix)
-    return replace(result, input_bytes=source_bytes(model))
+        result = write_gguf(
+            src, out, file_type, chosen=chosen, has_imatrix=has_imatrix, tensor_types=overrides
+        )
+    return replace(result, input_bytes=source_bytes(model), mixed=account)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.errors import InvalidSpecError
+from lowbit.errors import InvalidSpecError, UnsupportedFormatError
+from lowbit.formats.blocks import BLOCK_TYPES, get_block_codec
 from lowbit.formats.granularity import PerGroup
 from lowbit.formats.sqnr import sqnr_db
 from lowbit.progress import track
@@ -42,11 +43,13 @@ MEASURED_BATCHES = 2  # batches the single-layer measurement runs (float outputs
 
 @dataclass(frozen=True)
 class Candidate:
-    """A format a layer may take: a weight-only preset name ("w4a16-g128") and its weight
-    spec, or "float" (the layer left as it is, weight None)."""
+    """A format a layer may take: a weight-only preset ("w4a16-g128": ``weight`` is its
+    spec), a GGUF block type ("q4_k": ``block`` is its ggml name, llama.cpp's own bytes), or
+    "float" (the layer left as it is)."""
 
     name: str
-    weight: WeightSpec | None
+    weight: WeightSpec | None = None
+    block: str | None = None
 
     def table_format(self) -> str | None:
         """The Recipe.embeddings name an embedding table would get: the same code type and
@@ -56,26 +59,56 @@ class Candidate:
         group = self.weight.granularity
         return self.weight.format + (f"-g{group.size}" if isinstance(group, PerGroup) else "")
 
-    def for_table(self) -> WeightSpec | None:
-        """The spec an embedding table would get (``table_format``)."""
-        name = self.table_format()
-        return None if name is None else embedding_spec(name)
+    def _spec(self, table: bool) -> WeightSpec | None:
+        name = self.table_format() if table else None
+        return embedding_spec(name) if name is not None else self.weight
+
+    def quantized(self, weight: torch.Tensor, *, table: bool = False) -> torch.Tensor | None:
+        """``weight`` rounded to nearest in this format (``table``: as an embedding table),
+        as float32; None where the format does not apply to the shape."""
+        w = weight.detach().float()
+        try:
+            if self.block is not None:
+                codec = get_block_codec(self.block)
+                rows = w.reshape(-1, w.shape[-1])
+                return codec.dequantize(codec.quantize(rows), rows.shape[1]).reshape(w.shape)
+            spec = self._spec(table)
+            if spec is None:
+                return w
+            return quantize_weight(w, spec).dequantize().reshape(w.shape)
+        except (InvalidSpecError, UnsupportedFormatError):
+            return None  # a group or block that does not divide the rows
+
+    def nbytes(self, weight: torch.Tensor, *, table: bool = False) -> int:
+        """Bytes of ``weight`` stored in this format (float: as it is)."""
+        shape = tuple(weight.shape)
+        if self.block is not None:
+            return get_block_codec(self.block).nbytes(shape)
+        spec = self._spec(table)
+        if spec is None:
+            return weight.numel() * weight.element_size()
+        return spec.weight_format().for_shape(shape).nbytes(shape)
 
 
 def parse_candidates(names: Iterable[str]) -> tuple[Candidate, ...]:
-    """Candidates from weight-only preset names (w8a16, w4a16-g128, nf4-g64, ...) and
-    "float"; a name of another kind is refused with the grammar."""
+    """Candidates from weight-only preset names (w8a16, w4a16-g128, nf4-g64, ...), GGUF
+    block types (q4_k, q6_k, q8_0, ...) and "float"; another name is refused with the
+    grammar."""
     out = []
     for name in names:
         name = name.strip()
         if name == "float":
-            out.append(Candidate(name, None))
+            out.append(Candidate(name))
+            continue
+        if name in BLOCK_TYPES:
+            out.append(Candidate(name, block=name))
             continue
         spec = get_recipe(name).spec
         if spec is None or spec.activation.mode != "weight_only" or spec.algorithm != "rtn":
             raise InvalidSpecError(
                 f"candidate {name!r} is not a weight-only format; candidates are weight-only "
-                "preset names such as w8a16, w4a16-g128, w3a16-g64-asym, nf4-g64, or float"
+                "preset names such as w8a16, w4a16-g128, w3a16-g64-asym, nf4-g64, GGUF block "
+                "types (q4_k, q8_0, ...), or float"
             )
         out.append(Candidate(name, spec.weight))
     if len({c.name for c in out}) != len(out) or not out:
@@ -279,24 +312,6 @@ def _input_ranges(model: nn.Module, units: dict, batches: list[Any]) -> dict[str
     return ranges
 
 
-def _quantized_weight(module: nn.Module, candidate: Candidate, table: bool) -> torch.Tensor | None:
-    spec = candidate.for_table() if table else candidate.weight
-    if spec is None:
-        return module.weight.detach().float()
-    try:
-        return quantize_weight(module.weight, spec).dequantize().reshape(module.weight.shape)
-    except InvalidSpecError:
-        return None  # the format does not apply to this shape (a group that does not divide)
-
-
-def _format_bytes(weight: torch.Tensor, spec: WeightSpec | None) -> int:
-    """Bytes of ``weight`` stored in ``spec`` (None: as it is)."""
-    if spec is None:
-        return weight.numel() * weight.element_size()
-    shape = tuple(weight.shape)
-    return spec.weight_format().for_shape(shape).nbytes(shape)
-
-
 def measure_sensitivity(
     model: nn.Module,
     calib_data: Iterable[Any],
@@ -360,11 +375,10 @@ def _layer_report(
         input_range=None if input_range is None else (input_range[0], input_range[1]),
     )
     for c in candidates:
-        quantized = [_quantized_weight(m, c, table) for _, m in modules]
+        quantized = [c.quantized(m.weight, table=table) for _, m in modules]
         if any(q is None for q in quantized):
             continue  # not applicable to this layer
-        spec = c.for_table() if table else c.weight
-        nbytes = sum(_format_bytes(m.weight, spec) for _, m in modules)
+        nbytes = sum(c.nbytes(m.weight, table=table) for _, m in modules)
         error = sum(
             (squares[id(m.weight)] * (q - w).pow(2)).sum().item()
             for (_, m), q, w in zip(modules, quantized, weights, strict=True)
@@ -392,7 +406,8 @@ def _measure(
         saved = [m.weight.data for _, m in mods]
         try:
             for _, m in mods:
-                m.weight.data = _quantized_weight(m, candidate, report.name == EMBEDDINGS)  # type: ignore[assignment]
+                table = report.name == EMBEDDINGS
+                m.weight.data = candidate.quantized(m.weight, table=table).to(m.weight.dtype)  # type: ignore[union-attr]
             num = den = 0.0
             for i, (batch, (kind, ref)) in enumerate(zip(batches, kind_refs, strict=True)):
                 terms = distance_terms(kind, ref, model_output(run_batch(model, batch, i))[1])

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ class ExportResult:
     n_params: int
     type_counts: dict[str, int] = field(default_factory=dict)
     tensor_types: dict[str, str] = field(default_factory=dict)
+    mixed: dict[str, Any] | None = None  # how mixed precision chose the per-tensor types
 
     @property
     def bits_per_weight(self) -> float:
@@ -196,6 +198,7 @@ def write_gguf(
     *,
     chosen: ChosenValues | None = None,
     has_imatrix: bool = False,
+    tensor_types: dict[str, str] | None = None,
 ) -> ExportResult:
     """Write ``model`` as a GGUF file of ``file_type``, as llama-quantize would.
 
@@ -211,16 +214,19 @@ def write_gguf(
         chosen: values a calibrated method chose (see ChosenValues); None rounds to nearest.
         has_imatrix: plan the types as llama-quantize given an imatrix (two rules differ);
             the caller's plan and this one must agree.
+        tensor_types: {tensor name: ggml type} replacing the plan's type of those tensors
+            (mixed precision; llama-quantize's --tensor-type).
     """
     src, out = Path(model), Path(out)
     check_export_args(file_type, out)
-    if is_hf_folder(src) and file_type in OUT_TYPES and chosen is None:
+    if is_hf_folder(src) and file_type in OUT_TYPES and chosen is None and not tensor_types:
         return _describe_written(convert_hf_folder(src, out, file_type), source_bytes(src))
     gguf = require("gguf", "gguf")
     with gguf_source(src, out) as path:
         result = _write_from_reader(
-            gguf, open_source(path), path, out, file_type, chosen or ChosenValues(), has_imatrix
-        )
+            gguf, open_source(path), path, out, file_type, chosen or ChosenValues(), has_imatrix,
+            tensor_types or {},
+        )  # fmt: skip
     return replace(result, input_bytes=source_bytes(src))
 
 
@@ -236,10 +242,11 @@ def _describe_written(path: Path, input_bytes: int) -> ExportResult:
 
 
 def plan_types(
-    reader, file_type: str, *, has_imatrix: bool = False
+    reader, file_type: str, *, has_imatrix: bool = False, overrides: dict[str, str] | None = None
 ) -> tuple[list[TensorInfo], list[str]]:
     """The tensors of a GGUF reader in llama-quantize's order and the type each gets
-    (``has_imatrix``: as llama-quantize given an imatrix, which changes two rules)."""
+    (``has_imatrix``: as llama-quantize given an imatrix, which changes two rules;
+    ``overrides``: {tensor name: type} replacing the rules' type)."""
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
 
     def kv_int(key: str, default: int = 0) -> int:
@@ -256,7 +263,11 @@ def plan_types(
         file_type, infos, n_layer=kv_int("block_count"), n_head=n_head,
         n_head_kv=kv_int("attention.head_count_kv", n_head), has_imatrix=has_imatrix,
     )  # fmt: skip
-    return infos, types
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise InvalidInputError(f"no tensor named {', '.join(unknown)} in the model")
+    return infos, [overrides.get(i.name, t) for i, t in zip(infos, types, strict=True)]
 
 
 def _tensor_bytes(gguf, t, info: TensorInfo, new_type: str, chosen: ChosenValues) -> np.ndarray:
@@ -286,13 +297,20 @@ def _tensor_bytes(gguf, t, info: TensorInfo, new_type: str, chosen: ChosenValues
 
 
 def _write_from_reader(
-    gguf, reader, src: Path, out: Path, file_type: str, chosen: ChosenValues, has_imatrix: bool
+    gguf,
+    reader,
+    src: Path,
+    out: Path,
+    file_type: str,
+    chosen: ChosenValues,
+    has_imatrix: bool,
+    overrides: dict[str, str],
 ) -> ExportResult:
     from lowbit.atomic import atomic_file_path
 
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
     by_name = {t.name: t for t in reader.tensors}
-    infos, types = plan_types(reader, file_type, has_imatrix=has_imatrix)
+    infos, types = plan_types(reader, file_type, has_imatrix=has_imatrix, overrides=overrides)
     order = [i.name for i in infos]
     with atomic_file_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
