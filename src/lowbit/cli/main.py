@@ -9,6 +9,7 @@ from typing import NoReturn
 import typer
 
 from lowbit.cli import (
+    compare_cmd,
     demo_cmd,
     eval_cmd,
     explain_cmd,
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("explain")(explain_cmd.explain)
+app.command("compare")(compare_cmd.compare)
 app.command("size")(size_cmd.size)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("demo")(demo_cmd.demo)

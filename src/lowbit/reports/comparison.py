@@ -48,8 +48,11 @@ class ComparisonReport:
         """``{"title", "rows": [...], "notes": [...]}``."""
         return {"title": self.title, "rows": self.rows, "notes": self.notes}
 
-    def plot_png(self, x: str, y: str, label: str, xlabel: str, ylabel: str) -> bytes:
-        """A scatter plot of two row keys (e.g. size vs accuracy), one labelled point per row."""
+    def plot_png(
+        self, x: str, y: str, label: str, xlabel: str, ylabel: str, front: str | None = None
+    ) -> bytes:
+        """A scatter plot of two row keys (e.g. size vs accuracy), one labelled point per row;
+        ``front`` names a boolean row key whose rows are joined by a line (a Pareto front)."""
         fig, ax = pyplot().subplots(figsize=(8, 5), dpi=110)
         points: dict[tuple[float, float], list[str]] = {}
         for row in self.rows:
@@ -65,6 +68,15 @@ class ComparisonReport:
                 xytext=(4, 6 if i % 2 == 0 else -12),
                 fontsize=7,
             )
+        if front is not None:
+            line = sorted(
+                (float(r[x]), float(r[y]))
+                for r in self.rows
+                if r.get(front) and r.get(y) is not None
+            )
+            ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="#c44e52",
+                    label="Pareto front", zorder=0)  # fmt: skip
+            ax.legend(fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
