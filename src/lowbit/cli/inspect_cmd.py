@@ -19,7 +19,8 @@ def inspect(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A .gguf file, or a model: a Hugging Face folder or a lowbit save folder."
+            help="A .gguf file, or a model: a Hugging Face folder, a lowbit save folder, or "
+            "digits (the demo CNN)."
         ),
     ],
     calib: Annotated[
@@ -53,7 +54,7 @@ def inspect(
     """Print a GGUF file's metadata summary, totals by type and every tensor (read from its
     header without loading the weights); or, for a model, every layer's shape, weight range,
     outlier channels, input range, SQNR in each candidate format and sensitivity."""
-    if path.suffix != ".gguf" or calib is not None:
+    if path.suffix != ".gguf" or calib is not None:  # a model, not a file's header
         from lowbit.cli.inspect_model import inspect_model
 
         options = {"samples": samples, "seq_len": seq_len, "threads": threads}

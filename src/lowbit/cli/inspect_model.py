@@ -69,6 +69,30 @@ def _print_report(title: str, doc: dict[str, Any], reference: str) -> None:
     )
 
 
+def _digits(samples: int) -> tuple[Any, list[Any]]:
+    """The demo CNN (trained, seeded) and ``samples`` batches of 64 training images."""
+    from lowbit.demo.digits import load_digits_split, trained_digits_cnn
+
+    split = load_digits_split()
+    return trained_digits_cnn(split), list(split.x_train.split(64))[:samples]
+
+
+def _transformer(path: Path, calib: Path | None, options: dict[str, int]) -> tuple[Any, list]:
+    """A Hugging Face folder or GGUF file and its calibration windows."""
+    from lowbit.eval.calibration import token_windows
+    from lowbit.eval.text import calibration_text, read_text
+    from lowbit.io.hf import load_model
+    from lowbit.progress import status
+
+    text = read_text(calib) if calib is not None else calibration_text()
+    with status(f"loading {path}"):
+        loaded = load_model(str(path))
+    windows = token_windows(
+        loaded.tokenizer, text, samples=options["samples"], seq_len=options["seq_len"]
+    )
+    return loaded.model, windows
+
+
 def inspect_model(
     path: Path,
     calib: Path | None,
@@ -79,11 +103,12 @@ def inspect_model(
     options: dict[str, int],
 ) -> None:
     """Measure and print (or write) the sensitivity report of the model at ``path``."""
-    from lowbit.eval.text import calibration_text, read_text
     from lowbit.recipes.sensitivity import DEFAULT_CANDIDATES, parse_candidates
 
-    if not path.exists():
-        raise InvalidInputError(f"{path} does not exist; give a model folder or a .gguf file")
+    if not path.exists() and str(path) != "digits":
+        raise InvalidInputError(
+            f"{path} does not exist; give a model folder, a .gguf file or digits"
+        )
     if _lowbit_folder(path):
         _saved_rows(path, json_output)
         return
@@ -94,28 +119,22 @@ def inspect_model(
     measured = None if measure == "none" else measure
     if measured is not None and measured not in names:
         raise InvalidInputError(f"--measure {measure!r} is not one of the candidates {names}")
-    text = read_text(calib) if calib is not None else calibration_text()
-
     import torch
 
-    from lowbit.eval.calibration import token_windows
-    from lowbit.io.hf import load_model
-    from lowbit.progress import status
     from lowbit.recipes.sensitivity import layer_weights, measure_sensitivity
 
     torch.set_num_threads(options["threads"])
-    with status(f"loading {path}"):
-        loaded = load_model(str(path))
-    windows = token_windows(
-        loaded.tokenizer, text, samples=options["samples"], seq_len=options["seq_len"]
-    )
-    report = measure_sensitivity(loaded.model, windows, names, measure=measured)
+    if str(path) == "digits":
+        model, batches = _digits(options["samples"])
+    else:
+        model, batches = _transformer(path, calib, options)
+    report = measure_sensitivity(model, batches, names, measure=measured)
     doc = report.to_dict()
     if html is not None:
         from lowbit.atomic import atomic_write_text
         from lowbit.reports.sensitivity import sensitivity_html
 
-        page = sensitivity_html(f"lowbit inspect {path.name}", doc, layer_weights(loaded.model))
+        page = sensitivity_html(f"lowbit inspect {path.name}", doc, layer_weights(model))
         atomic_write_text(html, page)
     if json_output:
         print_json({"path": str(path), **doc})
