@@ -56,3 +56,29 @@ def test_status_line_without_a_terminal_and_silence_when_disabled(monkeypatch, c
         pass
     assert list(track(range(2), "quiet", enabled=False)) == [0, 1]
     assert capsys.readouterr().err == "loading model.gguf ...\n"
+
+
+def test_the_rate_is_items_per_second_or_seconds_per_item() -> None:
+    assert progress.format_rate(30, 2.0) == "15.0 it/s"
+    assert progress.format_rate(2, 30.0) == "15.0 s/it"  # a GPTQ block
+    assert progress.format_rate(0, 5.0) == "-"
+    line = progress.progress_line("quantizing blocks", 2, 30, 30.0)
+    assert line == "quantizing blocks 2/30, 15.0 s/it, elapsed 0:30, ETA 7:00"
+
+
+def test_json_output_stays_quiet_even_when_progress_is_forced(monkeypatch, capsys) -> None:
+    """`--json`: one JSON document on stdout and no progress on stderr, whatever
+    LOWBIT_PROGRESS says; without it the same run reports its steps."""
+    import json
+
+    pytest.importorskip("sklearn")
+    from lowbit.cli.main import main
+
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)
+    monkeypatch.setenv("LOWBIT_PROGRESS", "1")
+    main(["inspect", "digits", "--samples", "2", "--measure", "none", "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["distance"] == "kl" and captured.err == ""
+    monkeypatch.setenv("LOWBIT_PROGRESS", "1")
+    main(["inspect", "digits", "--samples", "2", "--measure", "none"])
+    assert "sensitivity gradients 2/2" in capsys.readouterr().err

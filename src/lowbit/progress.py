@@ -1,7 +1,8 @@
 """One helper through which every slow call reports progress, so library code never prints.
 
-Where progress is enabled (an interactive stderr, or LOWBIT_PROGRESS=1): on a terminal a
-rich bar with elapsed time and an ETA; otherwise (a log file, a CI job) plain lines on
+Where progress is enabled (an interactive stderr, or LOWBIT_PROGRESS=1; LOWBIT_PROGRESS=0,
+which ``lowbit ... --json`` sets, turns it off): on a terminal a rich bar with the rate,
+elapsed time and an ETA; otherwise (a log file, a CI job) plain lines on
 stderr, one per item, at most one a second. The ETA is the mean time per finished item
 times the items left: rich's own estimate uses a 30-second speed window, which a step of
 GPTQ (one transformer block, often longer) never fills, so it never showed.
@@ -57,11 +58,21 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_rate(done: int, elapsed: float) -> str:
+    """ "12.5 it/s" for quick items, "15.0 s/it" for slow ones (a GPTQ block), "-" before
+    the first item ends."""
+    if done <= 0 or elapsed <= 0:
+        return "-"
+    per_second = done / elapsed
+    return f"{per_second:.1f} it/s" if per_second >= 1 else f"{elapsed / done:.1f} s/it"
+
+
 def progress_line(description: str, done: int, total: int | None, elapsed: float) -> str:
-    """One plain progress line: "quantizing blocks 3/30, elapsed 0:45, ETA 6:45"."""
+    """One plain progress line: "quantizing blocks 3/30, 15.0 s/it, elapsed 0:45, ETA 6:45"."""
     count = f"{done}/{total}" if total is not None else str(done)
     eta = format_seconds(eta_seconds(done, total, elapsed))
-    return f"{description} {count}, elapsed {format_seconds(elapsed)}, ETA {eta}"
+    rate = format_rate(done, elapsed)
+    return f"{description} {count}, {rate}, elapsed {format_seconds(elapsed)}, ETA {eta}"
 
 
 def _interactive() -> bool:
@@ -82,6 +93,7 @@ def track(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
+        _RateColumn(),
         TimeElapsedColumn(),
         _EtaColumn(),
     )
@@ -100,6 +112,15 @@ def _plain_track(items: Iterable[T], description: str, total: int | None) -> Ite
         if now - last >= LINE_INTERVAL_S or done == total:
             print(progress_line(description, done, total, now - started), file=sys.stderr)
             last = now
+
+
+class _RateColumn(ProgressColumn):
+    """rich column: items per second, or seconds per item when slower (``format_rate``)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(
+            format_rate(int(task.completed), task.elapsed or 0.0), style="progress.data.speed"
+        )
 
 
 class _EtaColumn(ProgressColumn):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import NoReturn
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     convention: 2 for a command line the parser refuses, 1 for a run that failed on its
     input (a bad file, a wrong path, a model that cannot do the task)."""
     args = _protect_negative_numbers(sys.argv[1:] if argv is None else argv)
+    if "--json" in args:
+        os.environ["LOWBIT_PROGRESS"] = "0"  # one JSON document and nothing else
     try:
         code = app(args=args, prog_name="lowbit", standalone_mode=False)
     except _NO_ARGS as exc:  # bare `lowbit`: the help, as before

@@ -34,6 +34,7 @@ from lowbit.io.gguf.convert import (
 )
 from lowbit.io.gguf.reader import read_gguf
 from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
+from lowbit.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +334,8 @@ def _write_from_reader(
                 writer.add_string(key, value)
             else:
                 writer.add_uint32(key, value)
-        for info, new_type in zip(infos, types, strict=True):
+        planned = list(zip(infos, types, strict=True))
+        for info, new_type in track(planned, f"writing {out.name}", total=len(planned)):
             data = _tensor_bytes(gguf, by_name[info.name], info, new_type, chosen)
             # byte shape in numpy order (row length last, in bytes), with the source's dims
             byte_shape = (
