@@ -171,3 +171,28 @@ def test_embedding_tables_quantize_in_groups(tmp_path) -> None:
     assert err_group < err_row
     with pytest.raises(InvalidSpecError, match="positive integer"):
         recipe.with_embeddings("int4-gx")
+
+
+def test_the_report_and_compare_work_on_unusual_layers(tmp_path) -> None:
+    """The HTML page and `compare` on the model with an embedding tied to its head, a
+    grouped conv and a custom module: the custom module is listed as float, nothing fails."""
+    from lowbit.recipes.sensitivity import layer_weights
+    from lowbit.reports.compare import Task, compare
+    from lowbit.reports.sensitivity import sensitivity_html
+
+    torch.manual_seed(0)
+    model = _Unusual().eval()
+    data = [torch.randint(0, 50, (4, 12)) for _ in range(3)]
+    doc = measure_sensitivity(model, data, measure="w8a16").to_dict()
+    page = sensitivity_html("unusual", doc, layer_weights(model))
+    assert page.count("data:image/png;base64,") == 2 + 2  # two plots, a histogram per unit
+    ref = torch.cat([model(b) for b in data]).detach()
+
+    def fidelity(m: nn.Module) -> dict[str, float]:
+        out = torch.cat([m(b) for b in data]).detach()
+        return {"mse": (out - ref).pow(2).mean().item()}
+
+    with pytest.warns(LowbitWarning, match="custom"):
+        report = compare(model, ["w8a16", "w4a16-g8"], Task("fidelity", "mse", False, fidelity))
+    assert [r["recipe"] for r in report.rows] == ["original", "w8a16", "w4a16-g8"]
+    assert report.rows[0]["mse"] == 0 < report.rows[1]["mse"] < report.rows[2]["mse"]
