@@ -81,3 +81,42 @@ def test_bad_options_fail_in_one_line(folder, capsys, tmp_path) -> None:
     bad_measure = [*_inspect(source, calib), "--measure", "w5a16"]
     fails_cleanly(capsys, bad_measure, "is not one of", tmp_path)
     fails_cleanly(capsys, ["inspect", str(tmp_path / "nothing")], "does not exist", tmp_path)
+
+
+def _onnx_file(path: Path) -> Path:
+    """A graph with a float MatMul weight (K=64, N=32) and an int8 MatMulInteger weight."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
+    q = numpy_helper.from_array(rng.integers(-127, 128, (32, 16)).astype(np.int8), "q")
+    zp = numpy_helper.from_array(np.zeros(16, np.int8), "q_zero")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("DynamicQuantizeLinear", ["h"], ["hq", "hs", "hz"]),
+        helper.make_node("MatMulInteger", ["hq", "q", "hz", "q_zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 16])], [w, q, zp],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def test_an_onnx_file_lists_its_weights(tmp_path, capsys) -> None:
+    pytest.importorskip("onnx")
+    path = _onnx_file(tmp_path / "m.onnx")
+    main(["inspect", str(path), "--json"])
+    weights = {w["name"]: w for w in json.loads(capsys.readouterr().out)["weights"]}
+    assert weights["w"]["op"] == "MatMul" and weights["w"]["shape"] == [32, 64]  # (out, in)
+    assert weights["w"]["sqnr_db"]["w8a16"] > weights["w"]["sqnr_db"]["w2a16-g64"] > 0
+    assert weights["q"]["op"] == "MatMulInteger" and weights["q"]["stored_bits"] == pytest.approx(
+        8 * (32 * 16 + 16) / (32 * 16)
+    )
+    main(["inspect", str(path)])
+    assert "stored: 8.25 bits/weight" in capsys.readouterr().out  # codes + zero points
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    fails_cleanly(capsys, ["inspect", str(tmp_path / "bad.onnx")], "not a readable ONNX", tmp_path)

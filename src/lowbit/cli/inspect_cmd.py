@@ -19,8 +19,8 @@ def inspect(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A .gguf file, or a model: a Hugging Face folder, a lowbit save folder, or "
-            "digits (the demo CNN)."
+            help="A .gguf or .onnx file, or a model: a Hugging Face folder, a lowbit save "
+            "folder, or digits (the demo CNN)."
         ),
     ],
     calib: Annotated[
@@ -54,6 +54,13 @@ def inspect(
     """Print a GGUF file's metadata summary, totals by type and every tensor (read from its
     header without loading the weights); or, for a model, every layer's shape, weight range,
     outlier channels, input range, SQNR in each candidate format and sensitivity."""
+    if path.suffix == ".onnx":
+        from lowbit.cli.inspect_onnx import inspect_onnx
+        from lowbit.recipes.sensitivity import DEFAULT_CANDIDATES
+
+        names = DEFAULT_CANDIDATES if candidates is None else tuple(candidates.split(","))
+        inspect_onnx(path, names, json_output)
+        return
     if path.suffix != ".gguf" or calib is not None:  # a model, not a file's header
         from lowbit.cli.inspect_model import inspect_model
 

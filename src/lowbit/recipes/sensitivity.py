@@ -225,7 +225,7 @@ def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: mods[0][1].weight.detach() for name, mods in _units(model).items()}
 
 
-def _outlier_ratio(weight: torch.Tensor) -> float:
+def outlier_ratio(weight: torch.Tensor) -> float:
     per_input = weight.detach().abs().flatten(2).amax(dim=(0, 2)) if weight.dim() > 2 else None
     channel_max = per_input if per_input is not None else weight.detach().abs().amax(dim=0)
     mean = channel_max.mean().item()
@@ -375,7 +375,7 @@ def _layer_report(
         shape=tuple(first.weight.shape),
         params=int(flat.numel()),
         weight_range=(flat.min().item(), flat.max().item()),
-        outlier_ratio=max(_outlier_ratio(w) for w in weights),
+        outlier_ratio=max(outlier_ratio(w) for w in weights),
         input_range=None if input_range is None else (input_range[0], input_range[1]),
     )
     for c in candidates:
