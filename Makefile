@@ -42,7 +42,7 @@ demo: $(STAMP)
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
 test: $(STAMP) llama-tools chromium
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quantize.py
