@@ -1,15 +1,13 @@
-"""The HTML reports open in a real browser (headless Chromium, installed by `make test`)
-without console errors, with their table and plot in the DOM after load. The first test
-checks the checker: each kind of error it must catch, on a page that has only that one."""
+"""The checker of the HTML reports (headless Chromium, installed by `make test`): each kind
+of error it must catch, on a page that has only that one, and a clean page. The reports
+themselves are checked where they are made: `lowbit compare --out` (test_compare.py) and
+`lowbit inspect --html` (test_cli_inspect_model.py)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from lowbit.reports import Column, ComparisonReport
-from lowbit_testkit.browser import assert_report_renders, render
+from lowbit_testkit.browser import render
 
 pytestmark = pytest.mark.slow  # one Chromium start per page: about a second each
 
@@ -37,29 +35,3 @@ def test_console_errors_are_caught(tmp_path, name) -> None:
         assert len(result.console_errors) == 1, result.console_errors
         assert result.console_errors[0].startswith(error), result.console_errors
     assert result.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_comparison_report_renders(tmp_path) -> None:
-    report = ComparisonReport(
-        "int8 vs fp32",
-        [
-            Column("method", "method"),
-            Column("acc", "accuracy %", lambda v: f"{v:.1f}"),
-            Column("size", "bytes", lambda v: f"{v:,}"),
-        ],
-        rows=[
-            {"method": "fp32", "acc": 99.44, "size": 91192},
-            {"method": "int8", "acc": 99.17, "size": 23904},
-            {"method": "int4 g32", "acc": 98.61, "size": 13120},
-        ],
-        notes=["three rows, one plot"],
-    )
-    plot = {"x": "size", "y": "acc", "label": "method", "xlabel": "bytes", "ylabel": "accuracy"}
-    report.write(tmp_path, plot=plot)
-    result = assert_report_renders(
-        tmp_path / "report.html",
-        tmp_path / "report.png",
-        keep_as="comparison_report.png",
-    )
-    assert len(re.findall(r"<tr[\s>]", result.dom)) == 4  # the header and three rows
-    assert "int4 g32" in result.dom
