@@ -73,4 +73,7 @@ def test_llama_cpp_runs_the_mixed_file(source, tmp_path) -> None:
                           str(text), "-c", "32", "--chunks", "4", "-t", "2"],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert re.search(r"Final estimate: PPL = [0-9.]+", run.stdout + run.stderr)
+    # each chunk's running perplexity ("[1]283.89,"); llama.cpp's log thread can drop the
+    # last lines ("Final estimate") of a run this short when the process exits
+    first = re.search(r"\[1\]([0-9.]+),", run.stdout + run.stderr)
+    assert first is not None and 1.0 < float(first.group(1)) < 1e4, run.stdout[-2000:]
