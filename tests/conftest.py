@@ -22,6 +22,16 @@ def _seed() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_per_worker() -> None:
+    """Under pytest-xdist (`make test`: two workers on two cores) every test starts with one
+    torch thread: an in-process CLI call sets 2 (its --threads default) and would otherwise
+    leave 2 workers x 2 threads on 2 cores, where OpenMP's waiting threads slowed the suite
+    by minutes (the digits CNN trained 10x slower). Tests that need threads set them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _progress_env(monkeypatch) -> None:
     """`lowbit quantize`/`demo` turn progress on through LOWBIT_PROGRESS for their own
     process; run in-process by a test, that must not leak into the next test's stderr."""

@@ -76,9 +76,9 @@ def test_json_output_stays_quiet_even_when_progress_is_forced(monkeypatch, capsy
 
     monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)
     monkeypatch.setenv("LOWBIT_PROGRESS", "1")
-    main(["inspect", "digits", "--samples", "2", "--measure", "none", "--json"])
+    main(["inspect", "digits", "--samples", "2", "--measure", "none", "--threads", "1", "--json"])
     captured = capsys.readouterr()
     assert json.loads(captured.out)["distance"] == "kl" and captured.err == ""
     monkeypatch.setenv("LOWBIT_PROGRESS", "1")
-    main(["inspect", "digits", "--samples", "2", "--measure", "none"])
+    main(["inspect", "digits", "--samples", "2", "--measure", "none", "--threads", "1"])
     assert "sensitivity gradients 2/2" in capsys.readouterr().err

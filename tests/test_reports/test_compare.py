@@ -54,7 +54,8 @@ def test_compare_measures_every_recipe_beside_the_original() -> None:
 def test_cli_on_the_digits_cnn_writes_the_report(tmp_path, capsys) -> None:
     pytest.importorskip("sklearn")
     out = tmp_path / "report"
-    main(["compare", "digits", "--recipes", "int8-static,w4a16-g32", "--out", str(out), "--json"])
+    main(["compare", "digits", "--recipes", "int8-static,w4a16-g32", "--out", str(out),
+          "--threads", "1", "--json"])  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert [r["recipe"] for r in doc["rows"]] == ["original", "int8-static", "w4a16-g32"]
     assert all(r["accuracy"] > 90 for r in doc["rows"])
@@ -68,7 +69,8 @@ def test_the_report_renders_in_chromium(tmp_path, capsys) -> None:
     from lowbit_testkit.browser import assert_report_renders
 
     out = tmp_path / "report"
-    main(["compare", "digits", "--recipes", "int8-dynamic,w4a16-g32,ternary", "--out", str(out)])
+    main(["compare", "digits", "--recipes", "int8-dynamic,w4a16-g32,ternary", "--out", str(out),
+          "--threads", "1"])  # fmt: skip
     capsys.readouterr()
     assert_report_renders(out / "report.html", tmp_path / "compare.png", keep_as="compare.png")
 
