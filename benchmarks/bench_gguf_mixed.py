@@ -15,6 +15,7 @@ reused, never re-made: point --workdir at that run's folder to add the mixed row
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -28,6 +29,7 @@ from bench_gguf_perplexity import llama_perplexity, run, tool
 
 from lowbit.eval.bundled import smollm2_gguf_path
 from lowbit.eval.text import calibration_text, evaluation_text
+from lowbit.io.gguf.reader import read_gguf
 from lowbit_testkit.llama_cpp import llama_cpp_dir
 
 
@@ -109,7 +111,8 @@ def main() -> None:
         target = ["--target-bpw", str(bpw)]
         add(f"{bpw} bpw", mixed_kind, mixed, _lowbit(src, mixed, calib, args.method, target))
     source_ppl, source_err = llama_perplexity(src, text, args, log)
-    n_params = 134_515_008  # SmolLM2-135M, every tensor of the file (tied output counted once)
+    # every tensor of the source file (the tied output counted once), read from its header
+    n_params = sum(math.prod(t.shape) for t in read_gguf(src).tensors)
     rows, json_rows = [], []
     points: dict[str, list[tuple[float, float]]] = {}
     for row, kind, path, seconds in files:
