@@ -203,9 +203,38 @@ def test_mlp_presets_match_lowbit_at_any_shape(tmp_path, preset, opset, op):
         y = torch.randn(*shape)
         with torch.inference_mode():
             assert sqnr_db(q(y), _ort_run(result.path, y)) >= 30
-    pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file
+    pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file, or for
+    # per-token activations (a run-time per-axis QuantizeLinear) the "openvino" target's
+    per_token = preset.startswith("w8a8")
+    path = (
+        export_onnx(q, x, tmp_path / "ov.onnx", opset=opset, target="openvino").path
+        if per_token
+        else result.path
+    )
     with torch.inference_mode():
-        assert sqnr_db(q(y), torch.from_numpy(openvino_runner(result.path)(y))) >= 30
+        assert sqnr_db(q(y), torch.from_numpy(openvino_runner(path)(y))) >= 30
+
+
+@pytest.mark.parametrize("preset", ["w8a8-dynamic", "w8a8-dynamic-sym"])
+def test_per_token_graphs_fuse_into_ort_integer_matmuls(tmp_path, preset):
+    """ORT's target: one QuantizeLinear per input and the MatMulInteger chain that ORT fuses
+    into MatMulIntegerToFloat; OpenVINO's: no QuantizeLinear, the same numbers."""
+    import onnx
+    import onnxruntime as ort
+
+    q = lowbit.quantize(MLP().eval(), preset)
+    x = torch.randn(3, 5, 64)
+    fast = export_onnx(q, x, tmp_path / "ort.onnx")
+    portable = export_onnx(q, x, tmp_path / "ov.onnx", target="openvino")
+    assert fast.op_counts["QuantizeLinear"] == 2, fast.op_counts
+    assert "QuantizeLinear" not in portable.op_counts, portable.op_counts
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(fast.path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("MatMulIntegerToFloat") == 2 and "MatMulInteger" not in fused, fused
+    with torch.inference_mode():
+        assert sqnr_db(_ort_run(fast.path, x), _ort_run(portable.path, x)) >= 60
 
 
 def test_offset_form_weights_get_float_zero_points(tmp_path):

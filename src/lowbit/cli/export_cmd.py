@@ -29,7 +29,11 @@ def export_model(
     ] = None,
     format_: Annotated[str, typer.Option("--format", help="gguf, onnx or tflite.")] = "gguf",
     target: Annotated[
-        str, typer.Option(help="onnx: ort (ORT/OpenVINO) or tensorrt (symmetric int8).")
+        str,
+        typer.Option(
+            help="onnx: ort (ONNX Runtime), openvino (per-token int8 as elementwise ops) or "
+            "tensorrt (symmetric int8)."
+        ),
     ] = "ort",
     opset: Annotated[
         int | None,

@@ -11,7 +11,7 @@ from torch import nn
 
 from lowbit.errors import InvalidInputError
 
-TARGETS = ("ort", "tensorrt")
+TARGETS = ("ort", "openvino", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,10 @@ def export_onnx(
             causal LM, token ids of shape [batch, seq] or None for a built-in prompt.
         path: the .onnx file to write (replaced atomically; large models put their weights in
             one external data file beside it).
-        target: "ort" (ONNX Runtime / OpenVINO conventions) or "tensorrt" (symmetric int8,
-            zero point 0).
+        target: "ort" (ONNX Runtime conventions; also what OpenVINO loads, except per-token
+            int8 activations), "openvino" (as "ort", with per-token activation quantization
+            written as elementwise ops: slower in ORT, loadable in OpenVINO 2026.4) or
+            "tensorrt" (symmetric int8, zero point 0).
         opset: None for the builder's default; 21 writes standard DequantizeLinear with
             block_size instead of com.microsoft's MatMulNBits, for runtimes other than ORT.
         verify: run onnx.checker, then ONNX Runtime on ``example_inputs``, and compare with

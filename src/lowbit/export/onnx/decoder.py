@@ -44,9 +44,10 @@ class DecoderVerificationError(LowbitError):
 
 
 def _check_opset(opset: int | None, target: str) -> bool:
-    """True when quantized layers use standard DequantizeLinear (opset >= 21 or TensorRT)."""
+    """True when quantized layers use standard DequantizeLinear (opset >= 21, TensorRT or
+    OpenVINO)."""
     if opset is None:
-        return target == "tensorrt"
+        return target in ("tensorrt", "openvino")
     if not 21 <= opset <= 23:
         raise InvalidInputError(
             f"opset {opset}: the decoder graph needs opset 21..23 (blocked DequantizeLinear "
@@ -238,7 +239,7 @@ def export_decoder(
             input_ids and attention_mask (padding dropped per row), or None (3 fixed prompts).
         path: the .onnx file (replaced atomically; weights over 1.8 GB go to
             ``{name}.data`` beside it).
-        target: "ort", or "tensorrt" (standard DequantizeLinear, as with opset 21).
+        target: "ort", or "tensorrt" / "openvino" (standard DequantizeLinear, as with opset 21).
         opset: None (ONNX Runtime's com.microsoft weight-only ops) or 21..23 (standard
             DequantizeLinear with block_size + MatMul / Gather).
         verify: onnx.checker, then ORT vs PyTorch (greedy tokens, perplexity, logits SQNR).

@@ -167,10 +167,11 @@ class DynamicLinearTwin(nn.Module):
     """Dynamic int8 Linear: per-batch uint8 (DynamicQuantizeLinear + MatMulInteger) or
     lowbit's per-token int8 activations, int8 per-channel weights, int32 accumulation."""
 
-    def __init__(self, module: QuantLinear) -> None:
+    def __init__(self, module: QuantLinear, target: str) -> None:
         super().__init__()
         codes, scale = int8_channel_weight(module.weight)
         spec = module.spec
+        self.portable = target == "openvino"
         self.register_buffer("w_t", codes.t().contiguous())
         self.register_buffer("w_scale", scale.expand(codes.shape[0]).contiguous())
         self.register_buffer("bias", module.bias)
@@ -182,8 +183,9 @@ class DynamicLinearTwin(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_token:
             return OPS.per_token_linear(
-                x, self.w_t, self.w_scale, self.col_sum, self.bias, self.relu, self.zero_point
-            )
+                x, self.w_t, self.w_scale, self.col_sum, self.bias, self.relu, self.zero_point,
+                self.portable,
+            )  # fmt: skip
         return OPS.dynamic_linear(x, self.w_t, self.w_scale, self.bias, self.relu)
 
 
@@ -389,7 +391,7 @@ def make_twin(module: KernelModule, target: str, opset: int) -> nn.Module:
         return (
             DynamicConvTwin(module)
             if isinstance(module, QuantConv2d)
-            else DynamicLinearTwin(module)
+            else DynamicLinearTwin(module, target)
         )
     if isinstance(module, QuantConv2d):
         raise CannotExpressError("weight-only Conv2d has no ONNX integer form")
