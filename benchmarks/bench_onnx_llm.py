@@ -1,6 +1,7 @@
 """SmolLM2-135M int4 as ONNX decoders in ONNX Runtime, side by side in one run: lowbit's
-export (RTN and GPTQ, group 32 and 128) vs ORT's own MatMulNBitsQuantizer applied to the
-same fp32 decoder graph (so the graph structure is identical), and the fp32 graph itself.
+export (RTN and GPTQ; symmetric and with zero points; group 32 and 128) vs ORT's own
+MatMulNBitsQuantizer applied to the same fp32 decoder graph (so the graph structure is
+identical), and the fp32 graph itself.
 Perplexity on the evaluation split (every file scored by the same lowbit protocol, ctx 512
 stride 512, on the same tokens) and batch-1 greedy decode tokens/s (2 threads, interleaved).
 
@@ -11,13 +12,14 @@ of --repeats runs), a different harness from the ORT rows, so that ratio is indi
 Skipped with a note when llama.cpp's tools are not built (`make llama-tools`).
 
     python benchmarks/bench_onnx_llm.py [--blocks 32 128] [--max-tokens 4096]
-        [--calib-samples 32] [--decode-tokens 32] [--repeats 5] [--json]
+        [--zero-points sym asym] [--calib-samples 32] [--decode-tokens 32] [--repeats 5] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import logging
 import os
 import re
@@ -170,6 +172,13 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--algos", nargs="*", default=["rtn", "gptq"], choices=["rtn", "gptq"])
     parser.add_argument(
+        "--zero-points",
+        nargs="*",
+        default=["sym", "asym"],
+        choices=["sym", "asym"],
+        help="lowbit's int4 codes symmetric (w4a16-gN) and/or with zero points (-asym, as ORT's)",
+    )
+    parser.add_argument(
         "--heads",
         nargs="*",
         default=["int8", "int4"],
@@ -209,23 +218,32 @@ def main() -> None:
             files[name] = tmp / f"ort_g{block}.onnx"
             ort_int4(files["fp32"], files[name], block)
             rows.append({"model": name, "block": block, "export_s": time.perf_counter() - start})
-            for algo in args.algos:
-                for head in args.heads:
-                    preset = f"w4a16-g{block}" + ("-gptq" if algo == "gptq" else "")
-                    name = f"lowbit {preset} head {head}"
-                    start = time.perf_counter()
-                    source = untied(model) if head == "int4" else copy.deepcopy(model)
-                    q = lowbit.quantize(
-                        source, preset, calib_data=calib if algo == "gptq" else None
-                    )
-                    files[name] = tmp / f"{preset}-{head}.onnx"
-                    result = export_decoder(q, None, files[name])
-                    row = {"model": name, "block": block, "algo": algo, "head": head}
-                    row["export_s"] = time.perf_counter() - start
-                    row["verification"] = result.verification.detail
-                    rows.append(row)
-                    print(f"{name}: {result.verification.detail}", file=sys.stderr, flush=True)
-                    del q, source
+            for algo, zero_point, head in itertools.product(
+                args.algos, args.zero_points, args.heads
+            ):
+                preset = (
+                    f"w4a16-g{block}"
+                    + ("-asym" if zero_point == "asym" else "")
+                    + ("-gptq" if algo == "gptq" else "")
+                )
+                name = f"lowbit {preset} head {head}"
+                start = time.perf_counter()
+                source = untied(model) if head == "int4" else copy.deepcopy(model)
+                q = lowbit.quantize(source, preset, calib_data=calib if algo == "gptq" else None)
+                files[name] = tmp / f"{preset}-{head}.onnx"
+                result = export_decoder(q, None, files[name])
+                row = {
+                    "model": name,
+                    "block": block,
+                    "algo": algo,
+                    "zero_points": zero_point,
+                    "head": head,
+                }
+                row["export_s"] = time.perf_counter() - start
+                row["verification"] = result.verification.detail
+                rows.append(row)
+                print(f"{name}: {result.verification.detail}", file=sys.stderr, flush=True)
+                del q, source
         del model
         sessions = {name: DecoderSession(path, threads=2) for name, path in files.items()}
         for row in rows:
