@@ -302,7 +302,7 @@ def test_minilm_w8a8_dynamic_on_padded_batches(tmp_path):
     q = lowbit.quantize(loaded.model, "w8a8-dynamic")
     # 32 passages of 25 words, padded: MiniLM W8A8 sits near 30 dB against lowbit PyTorch,
     # where lowbit's own reference and fast kernels also differ (docs/decisions.md): below
-    # 30 dB the check passes only within 1 dB of that, and says so
+    # 30 dB the check passes only within 2 dB of that, and says so
     passages = text_chunks(evaluation_text(), 32, words=25)
     batch = dict(loaded.tokenizer(passages, padding=True, return_tensors="pt"))
     result = export_onnx(q, batch, tmp_path / "minilm.onnx")
