@@ -203,8 +203,8 @@ def test_mlp_presets_match_lowbit_at_any_shape(tmp_path, preset, opset, op):
         y = torch.randn(*shape)
         with torch.inference_mode():
             assert sqnr_db(q(y), _ort_run(result.path, y)) >= 30
-    pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file, or for
-    # per-token activations (a run-time per-axis QuantizeLinear) the "openvino" target's
+    pytest.importorskip("openvino")  # OpenVINO's CPU plugin runs the same file; per-token
+    # graphs (a run-time per-axis QuantizeLinear, which it cannot load) as target="openvino"
     per_token = preset.startswith("w8a8")
     path = (
         export_onnx(q, x, tmp_path / "ov.onnx", opset=opset, target="openvino").path

@@ -75,3 +75,12 @@ def test_unknown_recipe_version_is_refused() -> None:
     d["version"] = 99
     with pytest.raises(UnsupportedFormatError, match="version 99"):
         Recipe.from_dict(d)
+
+
+def test_gptq_presets_run_in_activation_order_with_static_groups():
+    from lowbit.recipes.presets import get_recipe
+
+    for name in ("w4a16-g32-gptq", "w4a16-g128-asym-gptq", "w3a16-gptq"):
+        options = dict(get_recipe(name).spec.algorithm_options)
+        assert options == {"act_order": True, "static_groups": True}, (name, options)
+    assert get_recipe("w4a16-g32").spec.algorithm_options == ()
