@@ -265,9 +265,9 @@ def gptq_quantize(
             q = quantize(wcol, current)
             codes[:, col] = q[:, 0]
             e = (wcol - dequantize(q, current)) / hinv1[i, i]
-            loss += (e.double() ** 2).sum() / 2
             w1[:, i:] -= e @ hinv1[i : i + 1, i:]
             err1[:, i : i + 1] = e
+        loss += (err1.double() ** 2).sum() / 2  # per block: the column loop is the hot path
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
     if act_order:

@@ -48,14 +48,15 @@ class PerGroup:
 Granularity = PerTensor | PerAxis | PerGroup
 
 
-def _axis(x: torch.Tensor, axis: int) -> int:
-    if x.dim() == 0:
+def _axis(shape: torch.Size | tuple[int, ...], axis: int) -> int:
+    """``axis`` as a non-negative index into ``shape`` (on the hot path of every quantize:
+    plain ints, no tensor)."""
+    ndim = len(shape)
+    if ndim == 0:
         raise InvalidSpecError("per-axis and per-group quantization need a tensor with >= 1 dim")
-    if not -x.dim() <= axis < x.dim():
-        raise InvalidSpecError(
-            f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}"
-        )
-    return axis % x.dim()
+    if not -ndim <= axis < ndim:
+        raise InvalidSpecError(f"axis {axis} is out of range for a tensor of shape {tuple(shape)}")
+    return axis % ndim
 
 
 def param_shape(shape: torch.Size | tuple[int, ...], granularity: Granularity) -> tuple[int, ...]:
@@ -63,7 +64,7 @@ def param_shape(shape: torch.Size | tuple[int, ...], granularity: Granularity) -
     shape = tuple(shape)
     if isinstance(granularity, PerTensor):
         return ()
-    axis = _axis(torch.empty(shape, device="meta"), granularity.axis)
+    axis = _axis(shape, granularity.axis)
     if isinstance(granularity, PerAxis):
         return (shape[axis],)
     n_groups = -(-shape[axis] // granularity.size)
@@ -76,7 +77,7 @@ def to_blocks(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     average use ``block_counts``)."""
     if isinstance(granularity, PerTensor):
         return x.reshape(1, 1, -1)
-    axis = _axis(x, granularity.axis)
+    axis = _axis(x.shape, granularity.axis)
     moved = x.movedim(axis, -1)
     if isinstance(granularity, PerAxis):
         return x.movedim(axis, 0).reshape(x.shape[axis], 1, -1)
@@ -93,10 +94,10 @@ def block_counts(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
         n = (
             x.numel()
             if isinstance(granularity, PerTensor)
-            else x.numel() // max(x.shape[_axis(x, granularity.axis)], 1)
+            else x.numel() // max(x.shape[_axis(x.shape, granularity.axis)], 1)
         )
         return torch.full((1, 1, 1), float(n))
-    length = x.shape[_axis(x, granularity.axis)]
+    length = x.shape[_axis(x.shape, granularity.axis)]
     size = granularity.size
     n_groups = -(-length // size)
     counts = torch.full((1, n_groups, 1), float(size))
@@ -110,7 +111,7 @@ def from_blocks(
     """Reshape per-block values ``(rows, groups, 1)`` to ``param_shape(shape, granularity)``."""
     pshape = param_shape(shape, granularity)
     if isinstance(granularity, PerGroup):
-        axis = _axis(torch.empty(shape, device="meta"), granularity.axis)
+        axis = _axis(shape, granularity.axis)
         moved = (*shape[:axis], *shape[axis + 1 :], pshape[axis])
         return params.reshape(moved).movedim(-1, axis)
     return params.reshape(pshape)
@@ -124,7 +125,7 @@ def params_to_blocks(
     pshape = param_shape(shape, granularity)
     p = torch.broadcast_to(params, pshape)
     if isinstance(granularity, PerGroup):
-        axis = _axis(torch.empty(shape, device="meta"), granularity.axis)
+        axis = _axis(shape, granularity.axis)
         p = p.movedim(axis, -1)
         return p.reshape(-1, pshape[axis], 1)
     return p.reshape(-1, 1, 1)
@@ -137,7 +138,7 @@ def broadcast_to(
     tensor of ``shape`` elementwise."""
     if isinstance(granularity, PerTensor):
         return params
-    axis = _axis(torch.empty(shape, device="meta"), granularity.axis)
+    axis = _axis(shape, granularity.axis)
     if isinstance(granularity, PerAxis):
         view = [1] * len(shape)
         view[axis] = shape[axis]
