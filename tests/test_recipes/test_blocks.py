@@ -176,3 +176,34 @@ def test_generate_works_on_a_quantized_causal_lm() -> None:
     ids = torch.randint(0, 128, (1, 5))
     out = qmodel.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
     assert out.shape == (1, 9) and torch.equal(out[:, :5], ids)
+
+
+def test_smoothquant_that_scales_nothing_says_so_once(caplog) -> None:
+    """SmoothQuant/AWQ on a block with no place to fold scales is plain rounding: lowbit
+    says so in one warning for the same layers of every block, instead of reporting it
+    done; llama's unscaled o_proj beside scaled layers is only logged."""
+    import logging
+    import warnings
+
+    import lowbit
+    from lowbit.errors import LowbitWarning
+
+    calib = [torch.randint(0, 128, (1, 16)) for _ in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        lowbit.quantize(tiny_bert(), "w8a8-smoothquant", calib_data=calib)
+    said = [str(w.message) for w in caught if issubclass(w.category, LowbitWarning)]
+    said = [m for m in said if "did nothing" in m]
+    assert len(said) == 1, said
+    assert "attention.self.query, attention.self.key" in said[0]
+    assert "encoder.layer.*" in said[0]
+
+    with (
+        caplog.at_level(logging.INFO, logger="lowbit.recipes.blockwise"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("default")
+        lowbit.quantize(tiny_llama(), "w4a16-g32-awq", calib_data=calib)
+    assert not [w for w in caught if "did nothing" in str(w.message)]
+    assert "self_attn.o_proj in model.layers.*" in caplog.text
+    assert "mlp.down_proj" not in caplog.text

@@ -5,13 +5,15 @@ transform, quantize, replace, move on."""
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from lowbit.errors import InvalidSpecError
+from lowbit.errors import InvalidSpecError, LowbitWarning
 from lowbit.nn import QuantLinear
 from lowbit.nn.replace import set_module
 from lowbit.observers.hooks import ObserverHook
@@ -155,9 +157,10 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
             raise InvalidSpecError(
                 f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq or smoothquant"
             )
-        clips = {}
+        clips: dict[str, tuple] = {}
         if algorithms & set(SCALED_ALGORITHMS):
-            clips = _scale_groups(block, inputs, linears, specs, block_name, store)
+            clips, scaled = _scale_groups(block, inputs, linears, specs, block_name, store)
+            _warn_unscaled(block_name, [n for n in linears if n not in scaled], specs)
         hessians = _hessians(block, inputs, linears, specs)
         for name, module in linears.items():
             store.quantize(
@@ -168,14 +171,42 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
     return step
 
 
+def _warn_unscaled(block_name: str, names: list[str], specs: dict[str, QuantSpec]) -> None:
+    """Say which AWQ/SmoothQuant layers got no scales: they are rounded as plain RTN.
+
+    A block where no such layer could be scaled (post-LN BERT: every norm output is also the
+    residual, and GELU sits between the FFN Linears) is a LowbitWarning, since the algorithm
+    asked for did nothing there; a few unscaled layers beside scaled ones (llama's o_proj, as
+    in AutoAWQ for grouped-query attention) are logged. The block index is written ``*``, so
+    the same layers of every block make one identical warning, shown once."""
+    asked = [n for n in specs if specs[n].algorithm in SCALED_ALGORITHMS]
+    unscaled = [n for n in names if n in asked]
+    if not unscaled:
+        return
+    algorithms = " / ".join(sorted({specs[n].algorithm for n in unscaled}))
+    blocks = re.sub(r"\.\d+(?=\.|$)", ".*", block_name)
+    where = f"{', '.join(unscaled)} in {blocks}"
+    if len(unscaled) < len(asked):
+        log.info("%s: %s rounded without scales (no exact fold)", algorithms, where)
+        return
+    warnings.warn(
+        f"{algorithms} did nothing to {where}: no layer's input comes from a norm that feeds "
+        "only Linear layers or from a gated product, so no scales fold in exactly (a post-LN "
+        "model such as BERT); these layers are plain rtn with the same format. Use the plain "
+        "preset (e.g. w8a8-dynamic, w4a16-g32) or -gptq instead",
+        LowbitWarning,
+        stacklevel=2,
+    )
+
+
 def _scale_groups(
     block, inputs, linears, specs, block_name: str = "", store: LayerQuantizer | None = None
-) -> dict[str, tuple]:
+) -> tuple[dict[str, tuple], set[str]]:
     """AWQ / SmoothQuant: per-input-channel scales s for each group of ``scale_groups``,
     folded into the source (its output / s) and the group's Linear weights (W · s), so the
     float block computes the same. As AutoAWQ: every s from the float block's statistics
     first, then all folds, then AWQ's clip search on the final weights. Returns the clip
-    ranges of the scaled Linear layers (name -> clip)."""
+    ranges of the scaled Linear layers (name -> clip) and the names of the scaled layers."""
     from lowbit.algorithms.transforms import (
         awq_clip_range,
         awq_search_clip,
@@ -193,7 +224,7 @@ def _scale_groups(
     ]
     groups = [(n, us) for n, us in groups if us and specs[us[0]].algorithm in SCALED_ALGORITHMS]
     if not groups:
-        return {}
+        return {}, set()
     store = store if store is not None else QuantLinearLayers()
     first = {users[0]: linears[users[0]] for _, users in groups}
     stats = _collect(
@@ -241,7 +272,7 @@ def _scale_groups(
                 ).dequantize(),
             )
             clips[u] = awq_clip_range(w, max_val, group)
-    return clips
+    return clips, {u for _, users in groups for u in users}
 
 
 def _fake_quantizer(spec: QuantSpec) -> Any:
