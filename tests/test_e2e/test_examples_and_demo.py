@@ -4,6 +4,7 @@ and size targets on the real digits data."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,10 @@ def test_example_runs(script: str) -> None:
         [sys.executable, str(ROOT / "examples" / script)],
         capture_output=True,
         text=True,
-        # transformers_workflow takes ~70 s alone; under -n 2 beside the llama.cpp tests its
-        # GPTQ loop contends for the 2 cores and once took over 300 s
+        # One torch thread: the suite runs two workers on two cores, and torch's default of
+        # one thread per core oversubscribes them (transformers_workflow, ~80 s alone, took
+        # 261 s that way in CI; the tutorial's test does the same for the same reason).
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=900,
     )
     assert out.returncode == 0, out.stderr
