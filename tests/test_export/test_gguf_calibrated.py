@@ -108,3 +108,27 @@ def test_calibrated_methods_plan_types_as_llama_quantize_with_an_imatrix(tmp_pat
     types = {t.name: t.type.name for t in read_gguf(result.path).tensors}
     assert types["blk.0.ffn_down.weight"] == ("Q4_0" if method == "rtn" else "Q4_1")
     assert types["blk.1.ffn_down.weight"] == "Q4_0"
+
+
+def test_a_calibrated_export_parses_its_source_once(tmp_path, monkeypatch) -> None:
+    """Planning and writing share one gguf-py reader of the source (SmolLM2's header and
+    vocabulary take seconds to parse)."""
+    pytest.importorskip("transformers")
+    gguf = pytest.importorskip("gguf")
+    from lowbit.export import export_gguf
+    from lowbit_testkit.models import tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "llama", num_hidden_layers=2)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    parsed: list[str] = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path, mode="r") -> None:
+            parsed.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    export_gguf(folder, tmp_path / "m.gguf", "q4_0", method="gptq", calib=calib, seq_len=16,
+                calib_windows=2)  # fmt: skip
+    assert len(parsed) == 1, parsed

@@ -186,6 +186,7 @@ def export_gguf(
             job.plan.update(overrides)
         chosen = GGUF_METHODS[method](job)
         result = write_gguf(
-            src, out, file_type, chosen=chosen, has_imatrix=has_imatrix, tensor_types=overrides
-        )
+            src, out, file_type, chosen=chosen, has_imatrix=has_imatrix,
+            tensor_types=overrides, reader=reader,
+        )  # fmt: skip
     return replace(result, input_bytes=source_bytes(model), mixed=account)

@@ -7,7 +7,8 @@ here works row by row, so values chosen on Hugging Face rows are moved to GGUF r
 
 from __future__ import annotations
 
-from typing import TypeVar
+import functools
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,13 +21,19 @@ _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 def gguf_tensor_name(hf_name: str, arch: str, n_blocks: int) -> str | None:
     """The GGUF name of a Hugging Face parameter ("model.layers.0.self_attn.q_proj.weight" ->
     "blk.0.attn_q.weight"), or None when llama.cpp's converter has no name for it."""
+    name_map = _name_map(arch, n_blocks)
+    if name_map is None:
+        return None
+    return name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+
+@functools.cache
+def _name_map(arch: str, n_blocks: int) -> Any:
+    """gguf-py's TensorNameMap of an architecture (None: gguf-py does not know it), built
+    once: building it takes ~15 ms, and an export asks for every tensor of the model."""
     gguf = require("gguf", "gguf")
     arch_id = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
-    if arch_id is None:
-        return None
-    return gguf.get_tensor_name_map(arch_id, n_blocks).get_name(
-        hf_name, try_suffixes=(".weight", ".bias")
-    )
+    return None if arch_id is None else gguf.get_tensor_name_map(arch_id, n_blocks)
 
 
 def permuted_heads(gguf_name: str, arch: str, n_head: int, n_head_kv: int) -> int | None:

@@ -200,6 +200,7 @@ def write_gguf(
     chosen: ChosenValues | None = None,
     has_imatrix: bool = False,
     tensor_types: dict[str, str] | None = None,
+    reader: Any = None,
 ) -> ExportResult:
     """Write ``model`` as a GGUF file of ``file_type``, as llama-quantize would.
 
@@ -217,6 +218,8 @@ def write_gguf(
             the caller's plan and this one must agree.
         tensor_types: {tensor name: ggml type} replacing the plan's type of those tensors
             (mixed precision; llama-quantize's --tensor-type).
+        reader: ``open_source(model)`` when the caller has it open already (a GGUF file
+            ``model``): parsing SmolLM2's header and vocabulary again takes seconds.
     """
     src, out = Path(model), Path(out)
     check_export_args(file_type, out)
@@ -225,8 +228,8 @@ def write_gguf(
     gguf = require("gguf", "gguf")
     with gguf_source(src, out) as path:
         result = _write_from_reader(
-            gguf, open_source(path), path, out, file_type, chosen or ChosenValues(), has_imatrix,
-            tensor_types or {},
+            gguf, reader or open_source(path), path, out, file_type, chosen or ChosenValues(),
+            has_imatrix, tensor_types or {},
         )  # fmt: skip
     return replace(result, input_bytes=source_bytes(src))
 
