@@ -185,6 +185,20 @@ def test_load_model_parses_a_gguf_once_and_loads_what_transformers_loads(
     assert len(parsed) >= 2  # transformers alone parses it again per part
 
 
+def test_gguf_loads_in_threads_leave_gguf_as_it_was(tiny: Path) -> None:
+    """The parse-once swap of gguf's names is taken in turns, so loads in several threads
+    cannot leave one load's memo installed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lowbit.io.hf import load_model
+
+    before = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    with ThreadPoolExecutor(3) as pool:
+        models = list(pool.map(lambda _: load_model(tiny, task="causal-lm"), range(3)))
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before
+    assert all(m.source == "gguf" for m in models)
+
+
 @pytest.mark.slow
 def test_smollm2_logits_equal_transformers_gguf_loading() -> None:
     from lowbit.eval.bundled import smollm2_gguf_path

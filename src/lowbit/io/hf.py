@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
@@ -242,25 +243,31 @@ def _gguf_parsed_once() -> Iterator[None]:
     again for the tokenizer and again for the weights, and builds gguf's TensorNameMap once
     per submodule: 397 times for SmolLM2. Measured on SmolLM2-135M: 23 s per load, of which
     these repeats were about half. transformers imports both names from the gguf module at
-    call time, so swapping them there for the duration of the load reaches every call.
+    call time, so swapping them there for the duration of the load reaches every call. GGUF
+    loads in several threads take turns (a lock): interleaved swaps could leave one load's
+    memo installed for good.
     """
     import gguf
 
-    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict[tuple[str, str], Any] = {}
+    with _GGUF_SWAP:
+        reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+        readers: dict[tuple[str, str], Any] = {}
 
-    def read_once(path: str | os.PathLike[str], mode: str = "r") -> Any:
-        key = (os.path.realpath(path), mode)
-        if key not in readers:
-            readers[key] = reader_class(path, mode)
-        return readers[key]
+        def read_once(path: str | os.PathLike[str], mode: str = "r") -> Any:
+            key = (os.path.realpath(path), mode)
+            if key not in readers:
+                readers[key] = reader_class(path, mode)
+            return readers[key]
 
-    gguf.GGUFReader = read_once
-    gguf.get_tensor_name_map = functools.cache(name_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+        gguf.GGUFReader = read_once
+        gguf.get_tensor_name_map = functools.cache(name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
+_GGUF_SWAP = threading.Lock()
 
 
 def _load_gguf(path: Path, task: str, dtype: torch.dtype, gguf_weights: str) -> LoadedModel:
