@@ -114,21 +114,15 @@ def test_a_calibrated_export_parses_its_source_once(tmp_path, monkeypatch) -> No
     """Planning and writing share one gguf-py reader of the source (SmolLM2's header and
     vocabulary take seconds to parse)."""
     pytest.importorskip("transformers")
-    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("gguf")
     from lowbit.export import export_gguf
+    from lowbit_testkit.gguf_parses import count_gguf_parses
     from lowbit_testkit.models import tiny_llama_folder
 
     folder = tiny_llama_folder(tmp_path / "llama", num_hidden_layers=2)
     calib = tmp_path / "calib.txt"
     calib.write_text("the quick brown fox jumps over the lazy dog. " * 40)
-    parsed: list[str] = []
-
-    class CountingReader(gguf.GGUFReader):
-        def __init__(self, path, mode="r") -> None:
-            parsed.append(str(path))
-            super().__init__(path, mode)
-
-    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    parsed = count_gguf_parses(monkeypatch)
     export_gguf(folder, tmp_path / "m.gguf", "q4_0", method="gptq", calib=calib, seq_len=16,
                 calib_windows=2)  # fmt: skip
     assert len(parsed) == 1, parsed

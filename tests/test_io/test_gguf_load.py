@@ -166,20 +166,15 @@ def test_load_model_parses_a_gguf_once_and_loads_what_transformers_loads(
     """transformers parses the file for the config, the tokenizer and the weights; lowbit
     has it parsed once per load (half of SmolLM2's load time) and puts gguf back after."""
     from lowbit.io.hf import load_model
+    from lowbit_testkit.gguf_parses import count_gguf_parses
 
-    parsed: list[str] = []
-
-    class CountingReader(gguf.GGUFReader):
-        def __init__(self, path, mode="r") -> None:
-            parsed.append(str(path))
-            super().__init__(path, mode)
-
-    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    parsed = count_gguf_parses(monkeypatch)
+    counting_reader = gguf.GGUFReader
     ids = torch.tensor([[1, 5, 17, 33, 60, 2, 90, 41]])
     with torch.no_grad():
         got = load_model(tiny, task="causal-lm").model(ids).logits
     assert len(parsed) == 1
-    assert gguf.GGUFReader is CountingReader
+    assert gguf.GGUFReader is counting_reader
     parsed.clear()
     torch.testing.assert_close(got, _transformers_logits(tiny, ids), rtol=0, atol=0)
     assert len(parsed) >= 2  # transformers alone parses it again per part
