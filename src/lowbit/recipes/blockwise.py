@@ -160,7 +160,7 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
         clips: dict[str, tuple] = {}
         if algorithms & set(SCALED_ALGORITHMS):
             clips, scaled = _scale_groups(block, inputs, linears, specs, block_name, store)
-            _warn_unscaled(block_name, [n for n in linears if n not in scaled], specs)
+            _warn_unscaled(block_name, specs, scaled)
         hessians = _hessians(block, inputs, linears, specs)
         for name, module in linears.items():
             store.quantize(
@@ -171,7 +171,7 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
     return step
 
 
-def _warn_unscaled(block_name: str, names: list[str], specs: dict[str, QuantSpec]) -> None:
+def _warn_unscaled(block_name: str, specs: dict[str, QuantSpec], scaled: set[str]) -> None:
     """Say which AWQ/SmoothQuant layers got no scales: they are rounded as plain RTN.
 
     A block where no such layer could be scaled (post-LN BERT: every norm output is also the
@@ -180,7 +180,7 @@ def _warn_unscaled(block_name: str, names: list[str], specs: dict[str, QuantSpec
     in AutoAWQ for grouped-query attention) are logged. The block index is written ``*``, so
     the same layers of every block make one identical warning, shown once."""
     asked = [n for n in specs if specs[n].algorithm in SCALED_ALGORITHMS]
-    unscaled = [n for n in names if n in asked]
+    unscaled = [n for n in asked if n not in scaled]
     if not unscaled:
         return
     algorithms = " / ".join(sorted({specs[n].algorithm for n in unscaled}))
