@@ -116,3 +116,78 @@ def test_per_tensor_int8_weight_runs_the_int8_kernels() -> None:
     assert fast.kernel_name.startswith("int8 dynamic")
     ref = QuantLinear(w, mode="dynamic", kernel=REFERENCE_NAME)
     torch.testing.assert_close(fast(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- input transforms
+def transformed_linear() -> tuple[QuantLinear, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dynamic layer with a shrinking scale and float channels 3 and 7, and its parts."""
+    torch.manual_seed(0)
+    w = torch.randn(32, 64)
+    scale = torch.rand(64) * 0.9 + 0.1
+    channels = torch.tensor([3, 7])
+    scale[channels] = 0.0
+    weight = int8_weight(32, 64)
+    layer = QuantLinear(
+        weight, torch.randn(32), mode="dynamic", input_scale=scale,
+        outlier_channels=channels, outlier_weight=w[:, channels],
+    )  # fmt: skip
+    return layer, scale, channels, w[:, channels]
+
+
+def test_an_input_transform_scales_the_quantized_input_and_adds_the_float_channels() -> None:
+    from lowbit.algorithms.transforms.input_transform import dynamic_uint8
+
+    layer, scale, channels, float_w = transformed_linear()
+    x = torch.randn(2, 5, 64)
+    x[..., 3] *= 40  # an outlier channel: computed in float, it does not set the range
+    expected = (
+        dynamic_uint8(x * scale) @ layer.weight.dequantize().T
+        + layer.bias
+        + x[..., channels] @ float_w.T
+    )
+    torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+    assert "input scaled, 2 float outlier channels" in repr(layer)
+
+
+def test_an_input_transform_survives_the_state_round_trip() -> None:
+    layer, *_ = transformed_linear()
+    tensors, meta = layer.to_state()
+    assert {"input_scale", "outlier_channels", "outlier_weight"} <= set(tensors)
+    again = QuantLinear.from_state(tensors, json.loads(json.dumps(meta)))
+    x = torch.randn(3, 64)
+    assert torch.equal(layer(x), again(x))
+    from lowbit.eval.size import model_nbytes  # the float channels and the scale count
+
+    plain = QuantLinear(layer.weight, layer.bias, mode="dynamic")
+    assert model_nbytes(layer) - model_nbytes(plain) == 64 * 4 + 2 * 8 + 32 * 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "static", "input_scale": torch.ones(64)}, "for mode='dynamic' layers"),
+        ({"input_scale": torch.ones(63)}, "the layer needs \\(64,\\)"),
+        ({"outlier_channels": torch.tensor([1])}, "need an input_scale"),
+        (
+            {"input_scale": torch.ones(64), "outlier_channels": torch.tensor([1]),
+             "outlier_weight": torch.ones(32, 1)},
+            "whose input_scale is 0",
+        ),
+        (
+            {"input_scale": torch.zeros(64), "outlier_channels": torch.tensor([1]),
+             "outlier_weight": torch.ones(32, 2)},
+            "outlier_weight must be",
+        ),
+        (
+            {"input_scale": torch.zeros(64), "outlier_channels": torch.tensor([1, 1]),
+             "outlier_weight": torch.ones(32, 2)},
+            "distinct channels",
+        ),
+    ],
+)  # fmt: skip
+def test_a_wrong_input_transform_is_a_clear_error(kwargs: dict, message: str) -> None:
+    kwargs = {"mode": "dynamic", **kwargs}
+    if kwargs["mode"] == "static":
+        kwargs.update(static_kwargs(int8_weight(32, 64), torch.randn(4, 64)))
+    with pytest.raises(InvalidInputError, match=message):
+        QuantLinear(int8_weight(32, 64), **kwargs)

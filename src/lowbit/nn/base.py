@@ -6,7 +6,8 @@ the entry repack the weight. ``forward`` only calls the entry. ``to_state`` writ
 canonical QTensor and JSON metadata; ``from_state`` rebuilds the packed params from them,
 so nothing is ever pickled. ``from_state`` is written once, here: it calls the subclass's
 constructor with the weight, the bias, the LayerSpec fields the constructor takes (by name)
-and the constructor arguments a subclass lists in ``state_attributes``.
+and the constructor arguments a subclass lists in ``state_attributes`` (JSON values) and
+``state_tensors`` (tensors, stored beside the weight when present).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class KernelModule(nn.Module):
     # Constructor arguments kept as attributes of the same name that the LayerSpec does not
     # hold (e.g. QuantEmbedding's padding_idx): to_state writes them, from_state passes them.
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    # Constructor arguments that are tensors (or None), kept as attributes of the same name:
+    # to_state writes the present ones as flat tensors, from_state passes them back.
+    state_tensors: ClassVar[tuple[str, ...]] = ()
 
     def _setup(
         self,
@@ -150,7 +154,8 @@ class KernelModule(nn.Module):
         return f"weight={weight}, mode={self.spec.mode}, kernel={self.entry.name!r}"
 
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Flat tensors (the QTensor's, under "weight.", and "bias") and JSON metadata."""
+        """Flat tensors (the QTensor's, under "weight.", "bias", and the subclass's
+        ``state_tensors``) and JSON metadata."""
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {
             "class": type(self).__name__,
@@ -164,6 +169,9 @@ class KernelModule(nn.Module):
             tensors, meta["weight"] = self.weight.to_dict("weight.")
         if self.bias is not None:
             tensors["bias"] = self.bias
+        tensors.update(
+            {n: getattr(self, n) for n in self.state_tensors if getattr(self, n) is not None}
+        )
         meta.update({name: _jsonable(getattr(self, name)) for name in self.state_attributes})
         return tensors, meta
 
@@ -191,6 +199,7 @@ class KernelModule(nn.Module):
         values.update(weight=weight, bias=bias)
         # Absent in states written before the attribute was saved: the constructor default.
         values.update({n: _from_json(metadata[n]) for n in cls.state_attributes if n in metadata})
+        values.update({n: tensors.get(n) for n in cls.state_tensors})
         kwargs = {name: value for name, value in values.items() if name in params}
         return cls(**kwargs, kernel=metadata.get("kernel"), registry=registry)
 
