@@ -19,6 +19,20 @@ def tiny_llama(**overrides):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).eval()
 
 
+def tiny_bert(**overrides):
+    """A small random BertModel (post-LN encoder; seeded, eval mode); keyword arguments
+    override BertConfig fields."""
+    import transformers
+
+    fields = dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64,
+    )  # fmt: skip
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return transformers.BertModel(transformers.BertConfig(**fields)).eval()
+
+
 def tiny_llama_folder(folder, **overrides):
     """A tiny llama Hugging Face folder with a Llama-2-style tokenizer.json (BPE with byte
     fallback, "▁" for spaces; no tokenizer.model) and llama3 RoPE scaling: the converter's

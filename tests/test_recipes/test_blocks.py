@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from lowbit.recipes.batches import run_batch
 from lowbit.recipes.blocks import BlocksNotFoundError, calibrate_blocks, find_blocks
 from lowbit.recipes.blockwise import _scale_groups, scale_groups
 from lowbit.recipes.presets import get_recipe
+from lowbit_testkit.models import tiny_bert
 from lowbit_testkit.models import tiny_llama as make_tiny_llama
 
 
 def tiny_llama() -> nn.Module:
     return make_tiny_llama(vocab_size=128, num_hidden_layers=3)
-
-
-def tiny_bert() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-    )
-    return transformers.BertModel(config).eval()
 
 
 def test_blocks_are_found_by_known_names_and_by_structure() -> None:

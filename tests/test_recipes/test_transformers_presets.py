@@ -16,6 +16,7 @@ from lowbit.eval.embedding import embed
 from lowbit.eval.perplexity import perplexity
 from lowbit.io import load, save
 from lowbit.recipes import PRESETS, quantize
+from lowbit_testkit.models import tiny_bert as make_tiny_bert
 from lowbit_testkit.models import tiny_llama
 
 # int8-qat needs prepare_qat/convert (tests/test_recipes/test_qat.py).
@@ -34,13 +35,7 @@ def _quantize(model, preset: str, calib: list) -> torch.nn.Module:
 
 
 def tiny_bert() -> transformers.BertModel:
-    """A small random BERT-like encoder built from a config (seeded, eval mode)."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    return transformers.BertModel(config).eval()
+    return make_tiny_bert(vocab_size=96)
 
 
 @pytest.mark.parametrize("preset", TRANSFORMERS_PRESETS)

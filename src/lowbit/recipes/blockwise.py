@@ -19,13 +19,14 @@ from lowbit.nn.replace import set_module
 from lowbit.observers.hooks import ObserverHook
 from lowbit.recipes.batches import Call, observe_batches
 from lowbit.recipes.blocks import calibrate_blocks
+from lowbit.recipes.input_transforms import ALGORITHM, quantize_with_input_transforms
 from lowbit.recipes.spec import QuantSpec
 from lowbit.recipes.trace import function_name, trace_flow
 from lowbit.recipes.weights import quantize_weight
 
 log = logging.getLogger(__name__)
 
-CALIBRATED_ALGORITHMS = ("gptq", "awq", "smoothquant")
+CALIBRATED_ALGORITHMS = ("gptq", "awq", "smoothquant", ALGORITHM)
 SCALED_ALGORITHMS = ("awq", "smoothquant")  # they fold per-input-channel scales
 X_SAMPLE_ROWS = 4096  # activation rows kept per layer for AWQ's output-error search
 
@@ -69,7 +70,7 @@ def scale_groups(block: nn.Module, example: Call) -> list[tuple[str, list[str]]]
     return groups
 
 
-def _collect(
+def collect_inputs(
     block: nn.Module, inputs: Sequence[Call], linears: dict[str, nn.Linear], make: Any
 ) -> dict[str, Any]:
     """Run the block on every cached input with an observer on each Linear's input."""
@@ -117,7 +118,7 @@ class QuantLinearLayers:
     clip_search = True
 
     def fake(self, name: str, spec: QuantSpec) -> Any:
-        return _fake_quantizer(spec)
+        return fake_quantizer(spec)
 
     def quantize(self, block, local, name, module, spec, hessian, clip) -> None:
         weight = (
@@ -155,8 +156,14 @@ def make_block_step(plan: dict[str, QuantSpec], layers: LayerQuantizer | None = 
         algorithms = {s.algorithm for s in specs.values()}
         if algorithms - {"rtn", *CALIBRATED_ALGORITHMS}:
             raise InvalidSpecError(
-                f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq or smoothquant"
+                f"unknown algorithm(s) {algorithms}; use rtn, gptq, awq, smoothquant or {ALGORITHM}"
             )
+        transformed = {n: m for n, m in linears.items() if specs[n].algorithm == ALGORITHM}
+        if transformed:
+            if not isinstance(store, QuantLinearLayers):
+                raise InvalidSpecError(f"{ALGORITHM} writes lowbit QuantLinear layers only")
+            quantize_with_input_transforms(block, block_name, inputs, transformed, specs)
+            linears = {n: m for n, m in linears.items() if n not in transformed}
         clips: dict[str, tuple] = {}
         if algorithms & set(SCALED_ALGORITHMS):
             clips, scaled = _scale_groups(block, inputs, linears, specs, block_name, store)
@@ -193,7 +200,8 @@ def _warn_unscaled(block_name: str, specs: dict[str, QuantSpec], scaled: set[str
         f"{algorithms} did nothing to {where}: no layer's input comes from a norm that feeds "
         "only Linear layers or from a gated product, so no scales fold in exactly (a post-LN "
         "model such as BERT); these layers are plain rtn with the same format. Use the plain "
-        "preset (e.g. w8a8-dynamic, w4a16-g32) or -gptq instead",
+        "preset (e.g. w8a8-dynamic, w4a16-g32), -gptq, or int8-dynamic-smooth (its scales "
+        "applied by a multiply before each layer) instead",
         LowbitWarning,
         stacklevel=2,
     )
@@ -227,7 +235,7 @@ def _scale_groups(
         return {}, set()
     store = store if store is not None else QuantLinearLayers()
     first = {users[0]: linears[users[0]] for _, users in groups}
-    stats = _collect(
+    stats = collect_inputs(
         block, inputs, first, lambda m: ChannelStatsObserver(sample_rows=X_SAMPLE_ROWS)
     )
     for obs in stats.values():
@@ -275,7 +283,7 @@ def _scale_groups(
     return clips, {u for _, users in groups for u in users}
 
 
-def _fake_quantizer(spec: QuantSpec) -> Any:
+def fake_quantizer(spec: QuantSpec) -> Any:
     def fake(w: torch.Tensor) -> torch.Tensor:
         return quantize_weight(w, spec.weight).dequantize()
 
@@ -292,7 +300,9 @@ def _hessians(block, inputs, linears, specs) -> dict[str, torch.Tensor]:
     # float64 sums: GPTQ amplifies last-bit differences of H, and float32 sums differ with
     # the order of the batches (reordered or split over processes); float64 sums rounded
     # once to float32 give the same H for any order (docs/decisions.md, issue 15).
-    observers = _collect(block, inputs, gptq_layers, lambda m: HessianObserver(dtype=torch.float64))
+    observers = collect_inputs(
+        block, inputs, gptq_layers, lambda m: HessianObserver(dtype=torch.float64)
+    )
     for obs in observers.values():
         obs.combine_processes()  # several processes: each saw its share of the data
     return {name: observers[name].hessian().float() for name in gptq_layers}

@@ -52,6 +52,14 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     "w8a8-dynamic-sym": lambda: Recipe(
         "w8a8-dynamic-sym", "ptq", QuantSpec(INT8_CHANNEL, PER_TOKEN_SYMMETRIC)
     ),
+    # Per-batch activations (ORT's DynamicQuantizeLinear) with a shrinking SmoothQuant
+    # multiply or float outlier channels per input, by measured error: MiniLM at per-token
+    # accuracy and per-batch speed in ORT (docs/decisions.md, "int8-dynamic-smooth").
+    "int8-dynamic-smooth": lambda: Recipe(
+        "int8-dynamic-smooth",
+        "ptq",
+        QuantSpec(INT8_CHANNEL, ActivationSpec("dynamic"), "input-transform"),
+    ),
     "w8a8-smoothquant": lambda: Recipe(
         "w8a8-smoothquant",
         "ptq",

@@ -84,9 +84,11 @@ class QuantSpec:
 
     ``algorithm``: "rtn" (round to nearest), "gptq" (error-compensating rounding from the
     input Hessian), "awq" (activation-aware channel scales and clipping, then rounding) or
-    "smoothquant" (activation outliers moved into the weights, then W8A8). All but "rtn"
-    need calibration data. ``algorithm_options`` are its keyword options, e.g.
-    (("damp", 0.01), ("act_order", True)) or (("alpha", 0.5),).
+    "smoothquant" (activation outliers moved into the weights, then W8A8) or
+    "input-transform" (dynamic int8: per input, a shrinking SmoothQuant multiply or float
+    outlier channels, by measured error). All but "rtn" need calibration data.
+    ``algorithm_options`` are its keyword options, e.g. (("damp", 0.01), ("act_order", True)),
+    (("alpha", 0.5),) or (("alphas", (0.7, 0.8)), ("outliers", 8)).
     """
 
     weight: WeightSpec = field(default_factory=WeightSpec)
@@ -153,6 +155,15 @@ class Recipe:
     rules: tuple[Rule, ...] = ()
     embeddings: str | None = None
     version: int = RECIPE_VERSION
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether quantizing with it needs calibration data: a calibrated algorithm or
+        static activations in its spec or any rule's."""
+        specs = [self.spec, *(rule.spec for rule in self.rules)]
+        return any(
+            s is not None and (s.algorithm != "rtn" or s.activation.mode == "static") for s in specs
+        )
 
     def spec_for(self, module_name: str) -> QuantSpec | None:
         """The spec for a module: the first matching rule wins, else the recipe's spec."""
