@@ -338,3 +338,49 @@ def test_missing_openvino_names_its_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(MissingDependencyError, match=r"lowbit\[openvino\]"):
         openvino_runner(tmp_path / "m.onnx")
+
+
+# ---------------------------------------------------------------- input transforms
+def test_an_input_transform_exports_as_a_mul_and_a_float_gather(tmp_path):
+    """int8-dynamic-smooth's layers: the multiply before DynamicQuantizeLinear (ORT still
+    fuses the integer matmul) and the float outlier channels as Gather + MatMul + Add."""
+    from lowbit.nn import QuantLinear
+    from lowbit_testkit.kernel_helpers import int8_weight
+
+    torch.manual_seed(0)
+    scale = torch.rand(64) + 0.5
+    scale[[3, 7]] = 0.0
+    layer = QuantLinear(
+        int8_weight(32, 64), torch.randn(32), mode="dynamic", input_scale=scale,
+        outlier_channels=torch.tensor([3, 7]), outlier_weight=torch.randn(32, 2),
+    )  # fmt: skip
+    model = nn.Sequential(layer, nn.GELU()).eval()
+    x = torch.randn(4, 7, 64)
+    x[..., 3] *= 30
+    result = export_onnx(model, x, tmp_path / "t.onnx")
+    assert result.verification.sqnr_db >= 30, result.verification
+    assert result.op_counts["Gather"] == 1 and result.op_counts["DynamicQuantizeLinear"] == 1
+    assert "DynamicQuantizeMatMul" in _optimized_ops(result.path, tmp_path)
+    for shape in ((1, 3, 64), (9, 20, 64)):
+        y = torch.randn(*shape)
+        y[..., 7] += 25
+        with torch.inference_mode():
+            assert sqnr_db(model(y), _ort_run(result.path, y)) >= 30
+
+
+@pytest.mark.filterwarnings("ignore:calibration data holds only")
+def test_int8_dynamic_smooth_bert_runs_in_ort_on_padded_batches(tmp_path):
+    from lowbit_testkit.models import tiny_bert
+
+    model = tiny_bert()
+    gen = torch.Generator().manual_seed(0)
+    calib = [{"input_ids": torch.randint(0, 128, (2, 16), generator=gen)} for _ in range(4)]
+    q = lowbit.quantize(model, "int8-dynamic-smooth", calib_data=calib)
+    ids = torch.randint(0, 128, (3, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 9:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    result = export_onnx(q, batch, tmp_path / "bert.onnx")
+    assert result.verification.sqnr_db >= 30, result.verification
+    assert result.op_counts["DynamicQuantizeLinear"] >= 8

@@ -165,7 +165,9 @@ class AddTwin(nn.Module):
 
 class DynamicLinearTwin(nn.Module):
     """Dynamic int8 Linear: per-batch uint8 (DynamicQuantizeLinear + MatMulInteger) or
-    lowbit's per-token int8 activations, int8 per-channel weights, int32 accumulation."""
+    lowbit's per-token int8 activations, int8 per-channel weights, int32 accumulation; an
+    input transform as a Mul before the quantization and the float outlier channels as
+    Gather + MatMul added to the output."""
 
     def __init__(self, module: QuantLinear, target: str) -> None:
         super().__init__()
@@ -179,14 +181,25 @@ class DynamicLinearTwin(nn.Module):
         self.per_token, self.zero_point, self.relu = (
             spec.per_token, spec.token_zero_point, spec.relu,
         )  # fmt: skip
+        if module.outlier_channels is not None and self.relu:
+            raise CannotExpressError("float outlier channels with a fused ReLU are not written")
+        self.register_buffer("input_scale", module.input_scale)
+        self.register_buffer("outlier_channels", module.outlier_channels)
+        weight_t = None if module.outlier_weight is None else module.outlier_weight.t()
+        self.register_buffer("outlier_weight_t", weight_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = x if self.input_scale is None else x * self.input_scale
         if self.per_token:
-            return OPS.per_token_linear(
-                x, self.w_t, self.w_scale, self.col_sum, self.bias, self.relu, self.zero_point,
+            y = OPS.per_token_linear(
+                xq, self.w_t, self.w_scale, self.col_sum, self.bias, self.relu, self.zero_point,
                 self.portable,
             )  # fmt: skip
-        return OPS.dynamic_linear(x, self.w_t, self.w_scale, self.bias, self.relu)
+        else:
+            y = OPS.dynamic_linear(xq, self.w_t, self.w_scale, self.bias, self.relu)
+        if self.outlier_channels is None:
+            return y
+        return y + torch.matmul(x.index_select(-1, self.outlier_channels), self.outlier_weight_t)
 
 
 class DynamicConvTwin(_Geometry):
