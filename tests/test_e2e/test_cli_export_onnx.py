@@ -113,6 +113,24 @@ def test_skip_leaves_the_layers_onnx_cannot_express_in_float(capsys, tmp_path):
     assert "MatMulNBits" not in doc["op_counts"]
 
 
+@pytest.mark.filterwarnings("ignore:calibration data holds only")
+def test_a_calibrated_recipe_calibrates_on_text_windows(capsys, tmp_path):
+    """int8-dynamic-smooth (and GPTQ/AWQ/SmoothQuant) quantize on --calib's windows, or the
+    bundled text's; without them quantize() would stop asking for calib_data."""
+    folder = _tiny_bert_folder(tmp_path / "bert")
+    out = tmp_path / "bert.onnx"
+    capsys.readouterr()
+    main(["export", str(folder), "--format", "onnx", "--recipe", "int8-dynamic-smooth",
+          "--calib-windows", "2", "--seq-len", "16", "--out", str(out), "--json"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert out.is_file() and doc["sqnr_db"] >= 30
+    assert doc["op_counts"]["DynamicQuantizeLinear"] >= 8
+    missing = str(tmp_path / "missing.txt")
+    args = ["export", str(folder), "--format", "onnx", "--recipe", "int8-dynamic-smooth",
+            "--calib", missing, "--out", str(tmp_path / "m.onnx")]  # fmt: skip
+    fails_cleanly(capsys, args, "missing.txt", tmp_path)
+
+
 def test_skip_is_refused_for_gguf(capsys, tmp_path):
     args = ["export", str(minilm_path()), "--type", "q8_0", "--skip", "x",
             "--out", str(tmp_path / "m.gguf")]  # fmt: skip

@@ -57,17 +57,23 @@ def export_model(
         str, typer.Option(help="How values are chosen: rtn, or a calibrated method.")
     ] = "rtn",
     calib: Annotated[
-        Path | None, typer.Option(help="Calibration text file, for calibrated methods.")
+        Path | None,
+        typer.Option(
+            help="Calibration text file, for calibrated methods and onnx --recipe (default: "
+            "lowbit's bundled text)."
+        ),
     ] = None,
     imatrix: Annotated[
         Path | None, typer.Option(help="llama.cpp importance-matrix file (--method imatrix).")
     ] = None,
     calib_windows: Annotated[
         int | None,
-        typer.Option(help="Calibration windows for gptq/awq (default 16).", min=1),
+        typer.Option(
+            help="Calibration windows for gptq/awq (default 16; onnx --recipe: 128).", min=1
+        ),
     ] = None,
     seq_len: Annotated[
-        int, typer.Option(help="Tokens per calibration window (gptq/awq).", min=8)
+        int, typer.Option(help="Tokens per calibration window (gptq/awq, onnx --recipe).", min=8)
     ] = 512,
     target_bpw: Annotated[
         float | None,
@@ -92,10 +98,12 @@ def export_model(
     """Export MODEL to a GGUF file of --type (as llama-quantize would: types, metadata, order),
     an ONNX file, or a .tflite file."""
     if format_ == "onnx":
-        from lowbit.cli.export_onnx import export_onnx_command
+        from lowbit.cli.export_onnx import TextCalibration, export_onnx_command
 
+        calibration = TextCalibration(calib, calib_windows or TextCalibration.windows, seq_len)
         export_onnx_command(model, out, target=target, opset=opset, recipe=recipe,
-                            verify=verify, json=json, skip=tuple(skip or ()))  # fmt: skip
+                            verify=verify, json=json, skip=tuple(skip or ()),
+                            calibration=calibration)  # fmt: skip
         return
     if format_ == "tflite":
         from lowbit.cli.export_tflite import export_tflite_command

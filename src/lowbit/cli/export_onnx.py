@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,33 @@ EXAMPLE_SENTENCES = (
 )
 
 
-def _load(model: str, recipe: str | None) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class TextCalibration:
+    """--calib (default: lowbit's bundled calibration text), --calib-windows, --seq-len: the
+    token windows a calibrated --recipe (GPTQ, AWQ, SmoothQuant, int8-dynamic-smooth,
+    static activations) sees, as ``lowbit quantize`` takes them."""
+
+    path: Path | None = None
+    windows: int = 128
+    seq_len: int = 512
+
+    def batches(self, tokenizer: Any) -> list[Any]:
+        from lowbit.eval.calibration import token_windows
+        from lowbit.eval.text import calibration_text, read_text
+
+        if tokenizer is None:
+            raise InvalidInputError(
+                "this recipe calibrates on text and the model has no tokenizer: quantize it "
+                "with lowbit.quantize(model, recipe, calib_data=...), lowbit.save it, and "
+                "export the saved folder"
+            )
+        text = read_text(self.path) if self.path is not None else calibration_text()
+        return token_windows(tokenizer, text, samples=self.windows, seq_len=self.seq_len)
+
+
+def _load(model: str, recipe: str | None, calibration: TextCalibration) -> tuple[Any, Any]:
     """(model, tokenizer or None): a lowbit save folder as saved, or a Hugging Face folder,
-    quantized with ``recipe`` when given."""
+    quantized with ``recipe`` when given (on ``calibration``'s windows if it calibrates)."""
     from lowbit.io import load, load_model
     from lowbit.io.manifest import MANIFEST
 
@@ -45,9 +70,11 @@ def _load(model: str, recipe: str | None) -> tuple[Any, Any]:
     loaded = load_model(folder)
     if recipe is None:
         return loaded.model, loaded.tokenizer
-    from lowbit.recipes import quantize
+    from lowbit.recipes import get_recipe, quantize
 
-    return quantize(loaded.model, recipe), loaded.tokenizer
+    resolved = get_recipe(recipe)
+    batches = calibration.batches(loaded.tokenizer) if resolved.needs_calibration else None
+    return quantize(loaded.model, resolved, batches), loaded.tokenizer
 
 
 def _tokenizer(folder: Path) -> Any:
@@ -77,6 +104,7 @@ def _example_inputs(model: Any, tokenizer: Any) -> Any:
 def export_onnx_command(
     model: str, out: Path, *, target: str, opset: int | None, recipe: str | None,
     verify: bool, json: bool, skip: tuple[str, ...] = (),
+    calibration: TextCalibration = TextCalibration(),
 ) -> None:  # fmt: skip
     """Load MODEL (quantizing it with ``recipe`` first if given), export, print the result."""
     from lowbit.export.onnx.api import TARGETS
@@ -96,7 +124,7 @@ def export_onnx_command(
     from lowbit.progress import status
 
     with status(f"loading {model}"):
-        loaded, tokenizer = _load(model, recipe)
+        loaded, tokenizer = _load(model, recipe, calibration)
     inputs = _example_inputs(loaded, tokenizer)
     with status(f"exporting to {out}"):
         result = export_onnx(

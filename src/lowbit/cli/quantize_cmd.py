@@ -100,9 +100,7 @@ def _check(
                 "mixed precision measures every layer's sensitivity with the whole model in "
                 "memory; drop --max-memory, or give a uniform recipe without --target-*"
             )
-    spec = resolved.spec
-    needs_data = spec is not None and (spec.algorithm != "rtn" or spec.activation.mode == "static")
-    needs_data = needs_data or budget is not None
+    needs_data = resolved.needs_calibration or budget is not None
     text = None
     if needs_data:
         text = read_text(calib) if calib is not None else calibration_text()
