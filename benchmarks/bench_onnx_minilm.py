@@ -40,7 +40,7 @@ from lowbit.eval.latency import median_ratio, time_interleaved
 from lowbit.eval.text import calibration_text, evaluation_text, text_chunks
 from lowbit.io.hf import load_model
 
-PRESETS = ["w8a8-dynamic", "int8-dynamic"]
+PRESETS = ["int8-dynamic-smooth", "w8a8-dynamic", "int8-dynamic"]
 ORT_PER_CHANNEL = "ORT quantize_dynamic per-channel"
 
 
