@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def calibrates_blocks(preset: str) -> bool:
+    """Whether ``preset`` quantizes block by block (GPTQ, AWQ, SmoothQuant, input
+    transforms): it needs a model with a list of transformer blocks."""
+    from lowbit.recipes import get_recipe
+
+    spec = get_recipe(preset).spec
+    return spec is not None and spec.algorithm != "rtn"
+
+
 def tiny_llama(**overrides):
     """A small random LlamaForCausalLM (seeded, eval mode) for fast transformer tests;
     keyword arguments override LlamaConfig fields."""

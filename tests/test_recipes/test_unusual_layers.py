@@ -19,9 +19,11 @@ from lowbit.kernels import explain
 from lowbit.nn import QuantConv2d, QuantLinear
 from lowbit.recipes import PRESETS, convert, describe, prepare_qat, quantize
 from lowbit.recipes.blocks import BlocksNotFoundError
+from lowbit_testkit.models import calibrates_blocks
 
-# SmoothQuant, GPTQ and AWQ calibrate transformer blocks; these models have none.
-PRESETS_WITHOUT_BLOCKS = [p for p in PRESETS if p != "w8a8-smoothquant"] + ["w8a16", "w4a16-g32"]
+# SmoothQuant, GPTQ, AWQ and the input transforms calibrate transformer blocks; these
+# models have none.
+PRESETS_WITHOUT_BLOCKS = [p for p in PRESETS if not calibrates_blocks(p)] + ["w8a16", "w4a16-g32"]
 FLOOR_DB = {"binary": -10.0, "ternary": -5.0, "nf4": 10.0, "w4a16-g32": 12.0, "bf16": 25.0}
 
 
@@ -111,7 +113,7 @@ def attention_models() -> dict[str, tuple[nn.Module, list]]:
 @pytest.mark.parametrize("preset", [*PRESETS, "w8a16", "w4a16-g32", "w4a16-g32-gptq"])
 def test_torch_attention_layers_run_after_every_preset(name: str, preset: str) -> None:
     model, batches = attention_models()[name]
-    if name != "encoder" and preset in ("w8a8-smoothquant", "w4a16-g32-gptq"):
+    if name != "encoder" and calibrates_blocks(preset):
         # block-wise calibration needs a list of blocks (nn.TransformerEncoder has one): a
         # lone layer is refused up front with the fix named, never half quantized
         with pytest.raises(BlocksNotFoundError, match="blocks"):
