@@ -62,6 +62,24 @@ def test_impossible_targets_and_unknown_candidates_are_refused(source, tmp_path)
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()
 
 
+def test_a_q4_1_source_keeps_its_tensors_byte_for_byte_where_q4_1_is_chosen(
+    source, tmp_path
+) -> None:
+    """q4_1 is a default candidate: on a Q4_1 source (SmolLM2's) it costs 5.0 bits and
+    loses nothing, so the knapsack takes it where the budget allows, and those tensors are
+    the source's bytes."""
+    folder, calib = source
+    src = export_gguf(folder, tmp_path / "src.gguf", "q4_1").path
+    result = export_gguf(src, tmp_path / "m.gguf", "q4_k_m", calib=calib, seq_len=16,
+                         calib_windows=2, target=GGUFTarget(bits_per_weight=5.2))  # fmt: skip
+    kept = [n for n, t in result.mixed["tensor_types"].items() if t == "Q4_1"]
+    assert kept, result.mixed["tensor_types"]
+    before, after = read_gguf(src), read_gguf(result.path)
+    for name in kept:
+        assert before.tensor(name).type.name == "Q4_1"
+        assert bytes(before.raw(before.tensor(name))) == bytes(after.raw(after.tensor(name)))
+
+
 @pytest.mark.slow
 def test_llama_cpp_runs_the_mixed_file(source, tmp_path) -> None:
     from lowbit_testkit.llama_cpp import tool

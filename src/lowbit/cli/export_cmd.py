@@ -90,7 +90,7 @@ def export_model(
         str | None,
         typer.Option(
             help="gguf mixed precision: block types a tensor may take, comma-separated "
-            "(default: q2_k,q3_k,q4_0,iq4_nl,q4_k,q5_0,q5_k,q6_k,q8_0)."
+            "(default: q2_k,q3_k,q4_0,iq4_nl,q4_1,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0)."
         ),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,

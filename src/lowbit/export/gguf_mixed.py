@@ -21,9 +21,11 @@ from lowbit.formats.blocks import BLOCK_TYPES, get_block_codec
 from lowbit.io.gguf.types import TensorInfo
 
 # Every block type llama.cpp runs everywhere; where a row is not a multiple of 256 only the
-# 32-value types apply (SmolLM2's 576-wide rows), as llama-quantize's fallbacks do.
+# 32-value types apply (SmolLM2's 576-wide rows), as llama-quantize's fallbacks do. q4_1
+# and q5_1 (5.0 and 6.0 bits, asymmetric) fill the steps between q4_0, q5_0 and q8_0 for
+# those rows, and q4_1 holds a Q4_1 source's tensors byte for byte (docs/decisions.md).
 DEFAULT_GGUF_CANDIDATES = (
-    "q2_k", "q3_k", "q4_0", "iq4_nl", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0",
+    "q2_k", "q3_k", "q4_0", "iq4_nl", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0",
 )  # fmt: skip
 SENSITIVITY_WINDOWS = 8  # calibration windows of the gradient pass
 _FLOAT_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
