@@ -48,6 +48,49 @@ def test_every_block_linear_is_stored_as_its_types_bytes(algorithm) -> None:
     assert torch.equal(model.get_input_embeddings().weight, embed)
 
 
+def _head_error(weight: torch.Tensor, reference: torch.Tensor, hessian: torch.Tensor) -> float:
+    diff = (weight - reference).double()
+    return torch.einsum("ij,jk,ik->", diff, hessian.double(), diff).item()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gptq_quantizes_the_output_head_after_the_blocks(tied) -> None:
+    """The head (token_embd where tied, else output.weight) is stored in its planned type
+    with less output error (H from the head's inputs) than ggml's rounding of it."""
+    from types import SimpleNamespace
+
+    from lowbit.export.gguf_calibrated import _head_hessian, _quantize_head
+
+    model = tiny_llama(tie_word_embeddings=tied)
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    before_head, before_embedding = head.weight.detach().clone(), embedding.weight.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 96, (1, 24), generator=gen)} for _ in range(4)]
+    name = "token_embd.weight" if tied else "output.weight"
+    codec = get_block_codec("q4_0")
+    job = SimpleNamespace(plan={"token_embd.weight": "Q4_0", "output.weight": "Q4_0"})
+    hessian = _head_hessian(model, head, batches)
+
+    encoded = _quantize_head(job, model, batches, CodecLayers({}))
+
+    assert set(encoded) == {name}
+    gptq = codec.dequantize(torch.from_numpy(encoded[name]), 32)
+    assert torch.equal(head.weight, gptq)  # the model holds the stored values
+    assert torch.equal(embedding.weight, gptq if tied else before_embedding)
+    rtn = codec.dequantize(codec.quantize(before_head), 32)
+    assert _head_error(gptq, before_head, hessian) < 0.8 * _head_error(rtn, before_head, hessian)
+
+
+def test_a_head_planned_as_float_is_left_to_the_writer() -> None:
+    from types import SimpleNamespace
+
+    from lowbit.export.gguf_calibrated import _quantize_head
+
+    model = tiny_llama(tie_word_embeddings=True)
+    job = SimpleNamespace(plan={"token_embd.weight": "F16"})
+    assert _quantize_head(job, model, [], CodecLayers({})) == {}
+
+
 @pytest.mark.parametrize(("seq_len", "windows"), [(512, 0), (4, 16)])
 def test_export_refuses_empty_calibration_before_reading_the_model(
     tmp_path, seq_len, windows
@@ -86,7 +129,9 @@ def test_a_hugging_face_folder_exports_with_a_calibrated_method(tmp_path, method
     assert {t.type.name for t in mine.tensors if t.name.endswith("attn_q.weight")} == {"Q4_0"}
     assert any(n.startswith("blk.") and n.endswith("ffn_down.weight") for n in changed)
     outside = {n for n in changed if not n.startswith("blk.")}
-    assert not outside  # token_embd, output_norm: as llama-quantize rounds them
+    # GPTQ also quantizes the (untied) output head; token_embd and output_norm are rounded
+    # as llama-quantize rounds them
+    assert outside == ({"output.weight"} if method == "gptq" else set())
     if method != "awq":  # AWQ folds its scales into the norms (float replacements)
         assert all(n.endswith(".weight") and "norm" not in n for n in changed)
 

@@ -11,6 +11,12 @@ bytes dequantize to, which later blocks then see.
 * gptq: ``algorithms.gptq_blocks`` (Frantar et al. 2022) in the type's grid: the block
   parameters llama-quantize --imatrix would write (ggml's search weighted by diag(H)), the
   codes chosen by GPTQ with the columns in decreasing diag(H) (act order).
+  The output head is outside the blocks, so it is quantized after them the same way, with
+  H from its inputs on the quantized model (the final norm's outputs): ``output.weight``,
+  or ``token_embd.weight`` where the head is tied to the token embedding (SmolLM2). Tied,
+  the one table serves two uses and GPTQ minimises the logits' error, not the lookup's;
+  measured on SmolLM2's 4.5 bpw file, it is the larger share of the error
+  (docs/decisions.md "GPTQ on the output head").
 * awq: AWQ's per-input-channel scales (Lin et al. 2023, ``algorithms.transforms.awq``)
   searched with the codec's round trip as the quantizer, folded exactly into the op before:
   the RMSNorm weights (attn_norm, ffn_norm, written as float replacements) and up_proj's
@@ -109,6 +115,51 @@ def _calibration_batches(job, tokenizer) -> list[Any]:
     return token_windows(tokenizer, job.calibration_text(), samples=windows, seq_len=job.seq_len)
 
 
+def _head_tensor(job, model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """(GGUF tensor, module) of the output head where the plan stores it in a block type:
+    ``output.weight``, or ``token_embd.weight`` where the head is tied to the embedding."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        return None
+    tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    name = "token_embd.weight" if tied else "output.weight"
+    if job.plan.get(name, "").lower() not in BLOCK_TYPES:
+        return None
+    return name, head
+
+
+def _head_hessian(model: nn.Module, head: nn.Linear, batches: list[Any]) -> torch.Tensor:
+    """H = 2/n·XᵀX of the head's inputs over the calibration windows (float64 sums)."""
+    from lowbit.observers.hessian import HessianObserver
+
+    observer = HessianObserver(head.in_features, dtype=torch.float64)
+    hook = head.register_forward_pre_hook(lambda _module, args: observer.observe(args[0]))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(**batch)
+    finally:
+        hook.remove()
+    return observer.hessian()
+
+
+def _quantize_head(job, model: nn.Module, batches: list[Any], store: CodecLayers) -> dict:
+    """{GGUF name: bytes} of the output head quantized by GPTQ in its planned type, after
+    the blocks (so H sees the quantized model); {} where the head has no block type."""
+    from lowbit.algorithms.gptq_blocks import gptq_blocks
+
+    found = _head_tensor(job, model)
+    if found is None:
+        return {}
+    name, head = found
+    codec = get_block_codec(job.plan[name])
+    hessian = _head_hessian(model, head, batches)
+    w = head.weight.data
+    raw = gptq_blocks(w, hessian, codec, damp=store.damp, importance=store.importance)
+    w.copy_(codec.dequantize(raw, w.shape[1]).to(w.dtype))
+    return {name: raw.numpy()}
+
+
 def _norm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every norm weight (the only float tensors AWQ's folds change)."""
     from lowbit.recipes.blockwise import is_norm
@@ -147,6 +198,8 @@ def calibrated_values(job, algorithm: str, layers: CodecLayers | None = None) ->
         heads = permuted_heads(gguf_name, job.arch, n_head, n_head_kv)
         rows = raw.numpy()
         encoded[gguf_name] = hf_rows_to_gguf(rows, heads) if heads else rows
+    if algorithm == "gptq":
+        encoded.update(_quantize_head(job, model, batches, store))
     floats = {}
     n_blocks = job.kv_int("block_count")
     for name, weight in _norm_weights(model).items():
