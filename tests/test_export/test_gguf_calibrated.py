@@ -81,13 +81,20 @@ def test_gptq_quantizes_the_output_head_after_the_blocks(tied) -> None:
     assert _head_error(gptq, before_head, hessian) < 0.8 * _head_error(rtn, before_head, hessian)
 
 
-def test_a_head_planned_as_float_is_left_to_the_writer() -> None:
+def test_a_head_planned_as_float_or_already_on_its_grid_is_left_to_the_writer() -> None:
+    """No block type, or a head whose round to nearest is exact (a Q8_0 source kept Q8_0):
+    nothing to calibrate, and no calibration pass run (no batches given)."""
     from types import SimpleNamespace
 
     from lowbit.export.gguf_calibrated import _quantize_head
 
     model = tiny_llama(tie_word_embeddings=True)
     job = SimpleNamespace(plan={"token_embd.weight": "F16"})
+    assert _quantize_head(job, model, [], CodecLayers({})) == {}
+    codec, weight = get_block_codec("q8_0"), model.get_output_embeddings().weight
+    with torch.no_grad():
+        weight.copy_(codec.dequantize(codec.quantize(weight), weight.shape[1]))
+    job = SimpleNamespace(plan={"token_embd.weight": "Q8_0"})
     assert _quantize_head(job, model, [], CodecLayers({})) == {}
 
 

@@ -145,7 +145,8 @@ def _head_hessian(model: nn.Module, head: nn.Linear, batches: list[Any]) -> torc
 
 def _quantize_head(job, model: nn.Module, batches: list[Any], store: CodecLayers) -> dict:
     """{GGUF name: bytes} of the output head quantized by GPTQ in its planned type, after
-    the blocks (so H sees the quantized model); {} where the head has no block type."""
+    the blocks (so H sees the quantized model); {} where the head has no block type or
+    round to nearest already reproduces it (the writer's rounding then does)."""
     from lowbit.algorithms.gptq_blocks import gptq_blocks
 
     found = _head_tensor(job, model)
@@ -153,8 +154,10 @@ def _quantize_head(job, model: nn.Module, batches: list[Any], store: CodecLayers
         return {}
     name, head = found
     codec = get_block_codec(job.plan[name])
-    hessian = _head_hessian(model, head, batches)
     w = head.weight.data
+    if torch.equal(codec.dequantize(codec.quantize(w.float()), w.shape[1]), w.float()):
+        return {}  # already on the type's grid (a Q8_0 source kept Q8_0): no error to spread
+    hessian = _head_hessian(model, head, batches)
     raw = gptq_blocks(w, hessian, codec, damp=store.damp, importance=store.importance)
     w.copy_(codec.dequantize(raw, w.shape[1]).to(w.dtype))
     return {name: raw.numpy()}
