@@ -54,12 +54,12 @@ def _head_error(weight: torch.Tensor, reference: torch.Tensor, hessian: torch.Te
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_gptq_quantizes_the_output_head_after_the_blocks(tied) -> None:
+def test_gptq_stores_the_output_head_with_less_output_error_than_rounding(tied) -> None:
     """The head (token_embd where tied, else output.weight) is stored in its planned type
     with less output error (H from the head's inputs) than ggml's rounding of it."""
     from types import SimpleNamespace
 
-    from lowbit.export.gguf_calibrated import _head_hessian, _quantize_head
+    from lowbit.export.gguf_calibrated import _quantize_head, head_hessian
 
     model = tiny_llama(tie_word_embeddings=tied)
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
@@ -69,7 +69,7 @@ def test_gptq_quantizes_the_output_head_after_the_blocks(tied) -> None:
     name = "token_embd.weight" if tied else "output.weight"
     codec = get_block_codec("q4_0")
     job = SimpleNamespace(plan={"token_embd.weight": "Q4_0", "output.weight": "Q4_0"})
-    hessian = _head_hessian(model, head, batches)
+    hessian = head_hessian(model, head, batches)
 
     encoded = _quantize_head(job, model, batches, CodecLayers({}))
 

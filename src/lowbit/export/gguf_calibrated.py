@@ -37,6 +37,9 @@ from lowbit.errors import InvalidInputError
 from lowbit.formats.blocks import BLOCK_TYPES, BlockCodec, get_block_codec
 from lowbit.io.gguf.names import gguf_tensor_name, hf_rows_to_gguf, permuted_heads
 from lowbit.io.gguf.writer import ChosenValues
+from lowbit.observers.hessian import HessianObserver
+from lowbit.observers.hooks import ObserverHook
+from lowbit.recipes.batches import observe_batches
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +131,10 @@ def _head_tensor(job, model: nn.Module) -> tuple[str, nn.Linear] | None:
     return name, head
 
 
-def _head_hessian(model: nn.Module, head: nn.Linear, batches: list[Any]) -> torch.Tensor:
+def head_hessian(model: nn.Module, head: nn.Linear, batches: list[Any]) -> torch.Tensor:
     """H = 2/n·XᵀX of the head's inputs over the calibration windows (float64 sums)."""
-    from lowbit.observers.hessian import HessianObserver
-
     observer = HessianObserver(head.in_features, dtype=torch.float64)
-    hook = head.register_forward_pre_hook(lambda _module, args: observer.observe(args[0]))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(**batch)
-    finally:
-        hook.remove()
+    observe_batches(model, [ObserverHook(head, observer, on="input")], batches, "output head")
     return observer.hessian()
 
 
@@ -157,7 +152,7 @@ def _quantize_head(job, model: nn.Module, batches: list[Any], store: CodecLayers
     w = head.weight.data
     if torch.equal(codec.dequantize(codec.quantize(w.float()), w.shape[1]), w.float()):
         return {}  # already on the type's grid (a Q8_0 source kept Q8_0): no error to spread
-    hessian = _head_hessian(model, head, batches)
+    hessian = head_hessian(model, head, batches)
     raw = gptq_blocks(w, hessian, codec, damp=store.damp, importance=store.importance)
     w.copy_(codec.dequantize(raw, w.shape[1]).to(w.dtype))
     return {name: raw.numpy()}
