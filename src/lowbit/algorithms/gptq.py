@@ -239,13 +239,17 @@ def gptq_quantize(
     del h
     order = perm.tolist()  # original column index of each processed column, on the host
 
-    codes = torch.empty(n, k, dtype=fmt.qtype.storage, device=w.device)
+    # Column-major from here: column j of the weight is row j of wt, a contiguous slice (the
+    # column loop is the hot path: one pass per input feature).
+    wt = w.t().contiguous()
+    del w
+    codes = torch.empty(k, n, dtype=fmt.qtype.storage, device=wt.device)
     chosen: list[QParams] = []
     current = fixed  # per group: set at column 0, the first group's first column
-    loss = torch.zeros((), dtype=torch.float64, device=w.device)
+    loss = torch.zeros((), dtype=torch.float64, device=wt.device)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1 = w[:, i1:i2]  # a view: updates within the block land in w
+        w1 = wt[i1:i2]  # a view: updates within the block land in wt
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
@@ -256,19 +260,18 @@ def gptq_quantize(
                 # The group's weights as updated by every column quantized so far: inside
                 # the block they are current; after it the block's pending update is added.
                 g2 = min(col + gs, k)
-                part = [w1[:, i : min(g2, i2) - i1]]
+                part = [w1[i : min(g2, i2) - i1]]
                 if g2 > i2:
-                    part.append(w[:, i2:g2] - err1[:, :i] @ hinv[i1:col, i2:g2])
-                current = choose(torch.cat(part, dim=1))
+                    part.append(wt[i2:g2] - hinv[i1:col, i2:g2].t() @ err1[:i])
+                current = choose(torch.cat(part).t())
                 chosen.append(current)
-            wcol = w1[:, i : i + 1]
-            q = quantize(wcol, current)
-            codes[:, col] = q[:, 0]
-            e = (wcol - dequantize(q, current)) / hinv1[i, i]
-            w1[:, i:] -= e @ hinv1[i : i + 1, i:]
-            err1[:, i : i + 1] = e
+            q = quantize(w1[i], current, checked=False)  # wt was checked once, above
+            codes[col] = q
+            e = torch.sub(w1[i], dequantize(q, current), out=err1[i]).div_(hinv1[i, i])
+            w1[i:] -= torch.outer(hinv1[i, i:], e)
         loss += (err1.double() ** 2).sum() / 2  # per block: the column loop is the hot path
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        wt[i2:] -= hinv[i1:i2, i2:].t() @ err1
+    codes = codes.t()
 
     if act_order:
         codes = codes[:, torch.argsort(perm)]

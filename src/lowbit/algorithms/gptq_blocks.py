@@ -33,7 +33,7 @@ import torch
 from lowbit.algorithms.gptq import check_hessian, inverse_cholesky
 from lowbit.algorithms.rtn import check_weight
 from lowbit.errors import InvalidSpecError
-from lowbit.formats.blocks import BlockCodec, BlockGrid
+from lowbit.formats.blocks import BlockCodec
 from lowbit.formats.checks import check_finite
 
 __all__ = ["BLOCK_IMPORTANCE", "gptq_blocks"]
@@ -85,26 +85,32 @@ def gptq_blocks(
     raw = raw.view(n, k // codec.block_size, codec.type_size)
     grid = codec.grid(raw)
     order = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k)
-    scale = grid.scale.reshape(n, k)[:, order]
-    offset = grid.offset.reshape(n, k)[:, order]
-    w = w[:, order]
+    # Column-major from here: column j of the weight is row j of wt, a contiguous slice.
+    # The column loop is the hot path (one pass per input feature): BlockGrid.nearest and
+    # .values inlined with what does not change hoisted out. A zero scale divides by inf, so
+    # u = 0 picks the level nearest 0, as BlockGrid.nearest does.
+    scale = grid.scale.reshape(n, k)[:, order].t().contiguous()
+    offset = grid.offset.reshape(n, k)[:, order].t().contiguous()
+    divisor = torch.where(scale == 0, torch.inf, scale)
+    mid = (grid.levels[1:] + grid.levels[:-1]) / 2
+    wt = w[:, order].t().contiguous()
     hinv = inverse_cholesky(h[order][:, order], damp).to(torch.float32)
     del h
 
-    codes = torch.empty(n, k, dtype=torch.int32)
+    levels = torch.empty(k, n, dtype=torch.int64)  # index into grid.levels
     for i1 in range(0, k, _LAZY_COLUMNS):
         i2 = min(i1 + _LAZY_COLUMNS, k)
-        w1 = w[:, i1:i2]  # a view: updates inside the batch land in w
-        err1 = torch.zeros_like(w1)
+        w1 = wt[i1:i2]  # a view: updates inside the batch land in wt
+        err1 = torch.empty_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            c = slice(i1 + i, i1 + i + 1)
-            column = BlockGrid(scale[:, c], offset[:, c], grid.levels, grid.code_min)
-            q = column.nearest(w1[:, i : i + 1])
-            codes[:, c] = q
-            e = (w1[:, i : i + 1] - column.values(q)) / hinv1[i, i]
-            w1[:, i:] -= e @ hinv1[i : i + 1, i:]
-            err1[:, i : i + 1] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+            j = i1 + i
+            u = torch.sub(w1[i], offset[j], out=err1[i]).div_(divisor[j])
+            idx = torch.searchsorted(mid, u, right=True, out=levels[j])
+            value = torch.addcmul(offset[j], scale[j], grid.levels[idx])
+            e = torch.sub(w1[i], value, out=err1[i]).div_(hinv1[i, i])
+            w1[i:] -= torch.outer(hinv1[i, i:], e)
+        wt[i2:] -= hinv[i1:i2, i2:].t() @ err1
+    codes = (levels.t() + grid.code_min).to(torch.int32)
     codes = codes[:, torch.argsort(order)].view(n, -1, codec.block_size)
     return codec.with_codes(raw, codes).reshape(n, -1)

@@ -170,11 +170,19 @@ def choose_qparams(
 
 
 def quantize(
-    x: torch.Tensor, qparams: QParams, *, rounding: Rounding = "half_even"
+    x: torch.Tensor,
+    qparams: QParams,
+    *,
+    rounding: Rounding = "half_even",
+    checked: bool = True,
 ) -> torch.Tensor:
-    """Integer codes of ``x`` (dtype int8 for signed, uint8 for unsigned types)."""
+    """Integer codes of ``x`` (dtype int8 for signed, uint8 for unsigned types).
+
+    ``checked=False`` skips the NaN/Inf check, for callers that quantize many slices of a
+    tensor they checked once (GPTQ's column loop)."""
     x = as_float(x)
-    check_finite(x)
+    if checked:
+        check_finite(x)
     shape = tuple(x.shape)
     g = qparams.granularity
     scale = broadcast_to(qparams.scale, shape, g)
