@@ -62,6 +62,25 @@ def test_dequantize_equals_gguf_py(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+def test_gguf_py_over_a_plain_array_parses_what_gguf_py_parses(tmp_path: Path) -> None:
+    """lowbit's faster gguf-py parse (no np.memmap overrides) reads the same fields and
+    tensors, from the same mapped file."""
+    from lowbit.io.gguf.gguf_py import gguf_py_reader
+
+    path = small_gguf(tmp_path / "m.gguf")
+    fast, plain = gguf_py_reader(path), gguf.GGUFReader(path)
+    assert type(fast.data) is np.ndarray and isinstance(plain.data, np.memmap)
+    assert list(fast.fields) == list(plain.fields)
+    for name, field in plain.fields.items():
+        other = fast.fields[name]
+        assert (other.offset, other.data, other.types) == (field.offset, field.data, field.types)
+        assert all(np.array_equal(a, b) for a, b in zip(other.parts, field.parts, strict=True))
+    for a, b in zip(fast.tensors, plain.tensors, strict=True):
+        assert (a.name, a.data_offset, a.tensor_type) == (b.name, b.data_offset, b.tensor_type)
+        np.testing.assert_array_equal(a.data, b.data)
+    assert np.shares_memory(fast.tensors[0].data, fast.data)
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

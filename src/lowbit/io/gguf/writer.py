@@ -32,6 +32,7 @@ from lowbit.io.gguf.convert import (
     is_hf_folder,
     safetensors_parts,
 )
+from lowbit.io.gguf.gguf_py import gguf_py_reader
 from lowbit.io.gguf.reader import read_gguf
 from lowbit.io.gguf.types import FILE_TYPES, TensorInfo, choose_tensor_types
 from lowbit.progress import track
@@ -188,8 +189,7 @@ def open_source(model: str | os.PathLike):
             f"{src} has no general.architecture; export a GGUF file written by llama.cpp's "
             "converter or by lowbit"
         )
-    gguf = require("gguf", "gguf")
-    return gguf.GGUFReader(src)
+    return gguf_py_reader(src)
 
 
 def write_gguf(
