@@ -42,7 +42,7 @@ demo: $(STAMP)
 # The whole suite, slow model-level tests included (`-m "not slow"` skips them locally).
 test: $(STAMP) llama-tools chromium
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quantize.py
@@ -71,7 +71,7 @@ test-latest:
 	rm -rf $(LATEST)
 	$(call install,$(LATEST),--upgrade,all)
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|tokenizers|numpy|huggingface.hub|safetensors|gguf|typer|rich|accelerate)=='
-	$(LATEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider
+	$(LATEST)/bin/python -m pytest -q -n 2 --dist worksteal -p no:cacheprovider
 
 # Regenerate the lock from the venv test-latest just passed on (the suite must pass first).
 lock: test-latest
@@ -85,7 +85,7 @@ test-oldest:
 	$(PYTHON) tools/deps.py lowest $(OLDEST)-constraints.txt $(EXTRAS)
 	$(call install,$(OLDEST),--upgrade -c $(OLDEST)-constraints.txt,$(EXTRAS))
 	$(OLDEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|tokenizers|numpy|huggingface.hub|safetensors|gguf|typer|rich|accelerate)=='
-	$(OLDEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider
+	$(OLDEST)/bin/python -m pytest -q -n 2 --dist worksteal -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(OLDEST) $(OLDEST)-constraints.txt .pytest_cache .ruff_cache

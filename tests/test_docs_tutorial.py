@@ -44,6 +44,7 @@ def test_tutorial_has_bash_blocks_that_parse() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_tutorial_commands_run_as_written(tmp_path: Path) -> None:
     blocks = bash_blocks()
     bin_dir = Path(sys.executable).parent  # the venv's bin (not resolved: a symlink in it)

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         "ptq_workflows.py",
         "qat_workflow.py",
-        pytest.param("transformers_workflow.py", marks=pytest.mark.slow),  # ~80 s, real models
+        pytest.param(
+            "transformers_workflow.py", marks=[pytest.mark.slow, pytest.mark.longest]
+        ),  # ~80 s, real models
     ],
 )
 def test_example_runs(script: str) -> None:
