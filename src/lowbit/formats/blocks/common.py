@@ -135,7 +135,7 @@ class BlockCodec:
     ggml_type: int = -1
     block_size: int = 0
     type_size: int = 0
-    chunk_values: int = 1 << 20  # values per quantized row chunk (see quantize)
+    chunk_values: int = 1 << 18  # values per quantized row chunk (see quantize)
     # RTN through ggml's own C quantizer (blocks/native.py) when it is built; False where
     # the torch codec measured faster (Q8_0, Q4_0, Q4_1, IQ4_NL)
     native_rtn: bool = True
