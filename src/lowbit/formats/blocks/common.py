@@ -135,7 +135,10 @@ class BlockCodec:
     ggml_type: int = -1
     block_size: int = 0
     type_size: int = 0
-    chunk_values: int = 1 << 18  # values per quantized row chunk (see quantize)
+    chunk_values: int = 1 << 20  # values per quantized row chunk (see quantize)
+    # with an importance, the chunk is at most this: the weighted searches' candidate
+    # temporaries want smaller chunks than plain elementwise rounding
+    search_chunk_values: int = 1 << 18
     # RTN through ggml's own C quantizer (blocks/native.py) when it is built; False where
     # the torch codec measured faster (Q8_0, Q4_0, Q4_1, IQ4_NL)
     native_rtn: bool = True
@@ -181,7 +184,10 @@ class BlockCodec:
         out = torch.empty((rows, nb * self.type_size), dtype=torch.uint8)
         # rows in chunks of about chunk_values values: the temporaries of the searches stay
         # in cache, and their memory stays small next to the tensor's
-        step = max(1, self.chunk_values // k)
+        chunk = (
+            self.chunk_values if imp is None else min(self.chunk_values, self.search_chunk_values)
+        )
+        step = max(1, chunk // k)
         for r0 in range(0, rows, step):
             part = x[r0 : r0 + step]
             blocks = part.reshape(part.shape[0], nb, self.block_size)

@@ -63,6 +63,7 @@ class IQ4NLCodec(BlockCodec):
 
     name, ggml_type, block_size, type_size = "iq4_nl", int(_T.IQ4_NL), 32, 18
     ntry = 7
+    chunk_values = 1 << 18  # its plain rounding is a search too (16 scales per block)
     native_rtn = False  # torch is faster here (docs/decisions.md, "GGUF RTN in C")
 
     def _quantize_blocks(self, blocks):

@@ -101,7 +101,7 @@ class _SymNibble(BlockCodec):
     """
 
     bits = 4
-    chunk_values = 1 << 17  # make_qx_quants' 19 candidate scales: (32, 19, N) temporaries
+    search_chunk_values = 1 << 17  # make_qx_quants' 19 candidate scales: (32, 19, N) temporaries
 
     @property
     def offset(self) -> int:
