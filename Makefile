@@ -30,7 +30,7 @@ define install
 endef
 
 # The stamp makes reruns instant; a changed lock reinstalls.
-$(STAMP): pyproject.toml setup.py src/lowbit/kernels/_rowquant.c $(LOCK)
+$(STAMP): pyproject.toml setup.py src/lowbit/kernels/_rowquant.c src/lowbit/formats/blocks/_ggml_ref.c $(LOCK)
 	$(call install,$(VENV),-c $(LOCK),$(EXTRAS))
 	@touch $(STAMP)
 
