@@ -73,3 +73,13 @@ def test_new_codes_land_on_the_grid_and_round_trip(name) -> None:
     for level in range(grid.levels.numel()):  # no other code is nearer
         other = grid.values(torch.full_like(codes, level + grid.code_min))
         assert bool(((other - target).abs() >= err - 1e-6 * grid.scale.abs()).all())
+
+
+def test_nearest_rounds_halfway_up_and_a_zero_scale_to_the_level_nearest_zero() -> None:
+    from lowbit.formats.blocks import BlockGrid
+
+    levels = torch.arange(-8, 8, dtype=torch.float32)
+    scale = torch.tensor([2.0, 2.0, -2.0, 0.0, 0.0])
+    grid = BlockGrid(scale, torch.zeros(5), levels)
+    x = torch.tensor([3.0, -3.0, 3.0, 5.0, -5.0])  # 1.5, -1.5, -1.5 level units; zero scale
+    assert grid.nearest(x).tolist() == [2 + 8, -1 + 8, -1 + 8, 0 + 8, 0 + 8]

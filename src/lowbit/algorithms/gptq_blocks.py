@@ -85,14 +85,15 @@ def gptq_blocks(
     raw = raw.view(n, k // codec.block_size, codec.type_size)
     grid = codec.grid(raw)
     order = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k)
+
     # Column-major from here: column j of the weight is row j of wt, a contiguous slice.
-    # The column loop is the hot path (one pass per input feature): BlockGrid.nearest and
-    # .values inlined with what does not change hoisted out. A zero scale divides by inf, so
-    # u = 0 picks the level nearest 0, as BlockGrid.nearest does.
-    scale = grid.scale.reshape(n, k)[:, order].t().contiguous()
-    offset = grid.offset.reshape(n, k)[:, order].t().contiguous()
-    divisor = torch.where(scale == 0, torch.inf, scale)
-    mid = (grid.levels[1:] + grid.levels[:-1]) / 2
+    # The column loop is the hot path (one pass per input feature): it applies
+    # BlockGrid.nearest's rounding (divisor, midpoints) and .values, computed once outside.
+    def columns(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(n, k)[:, order].t().contiguous()
+
+    scale, offset, divisor = columns(grid.scale), columns(grid.offset), columns(grid.divisor())
+    mid = grid.midpoints()
     wt = w[:, order].t().contiguous()
     hinv = inverse_cholesky(h[order][:, order], damp).to(torch.float32)
     del h

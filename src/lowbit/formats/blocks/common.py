@@ -97,15 +97,23 @@ class BlockGrid:
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """The stored code whose value is nearest to float ``x`` (same shape as scale), int32.
 
-        Works in level units u = (x - offset) / scale (a negative scale flips the axis, the
-        nearest level is still the nearest value); halfway cases go to the upper level. Where
-        scale is 0 every code gives the same value and the code of the level nearest 0 is
-        returned."""
-        ok = self.scale != 0
-        u = torch.where(ok, (x - self.offset) / torch.where(ok, self.scale, 1.0), 0.0)
-        mid = (self.levels[1:] + self.levels[:-1]) / 2
-        idx = torch.searchsorted(mid, u.contiguous(), right=True)
+        Works in level units u = (x - offset) / divisor() (a negative scale flips the axis,
+        the nearest level is still the nearest value); halfway cases go to the upper level
+        (``midpoints``). Where scale is 0 every code gives the same value and the code of the
+        level nearest 0 is returned."""
+        u = (x - self.offset) / self.divisor()
+        idx = torch.searchsorted(self.midpoints(), u.contiguous(), right=True)
         return idx.to(torch.int32) + self.code_min
+
+    def midpoints(self) -> torch.Tensor:
+        """The boundaries between neighbouring levels: u in level units rounds to level
+        ``searchsorted(midpoints, u, right=True)`` (halfway up)."""
+        return (self.levels[1:] + self.levels[:-1]) / 2
+
+    def divisor(self) -> torch.Tensor:
+        """scale, with +inf where it is 0: (x - offset) / divisor is x in level units, and 0
+        (the level nearest 0) on a zero scale."""
+        return torch.where(self.scale == 0, torch.inf, self.scale)
 
     def sliced(self, cols: slice) -> BlockGrid:
         """The grid of some elements of each block (``cols`` indexes the last axis)."""
